@@ -1,0 +1,404 @@
+//! Configuration: command-line flags and an optional TOML file, merged and validated in one
+//! place ([`Config::from_cli`]). Flags win over the file; the file wins over built-in defaults.
+//!
+//! Every error names what was wrong: for the file, the path, the line and the key. `main` turns
+//! any [`ConfigError`] into exit status 2, the status clap uses for bad flags.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN_ADDRESS: &str = "0.0.0.0:9977";
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_MAX_PORTS: usize = 32;
+pub const MAX_CLASSES: usize = 16;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "drainwatch",
+    version,
+    about = "Per-port TCP connection lifecycle exporter for draining backends",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a configuration file and exit (0 when valid, 2 when not).
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Sample the kernel in-process, without serving, and print the result and timings.
+    Sample(SampleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Number of samples to take.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    pub iterations: u32,
+    /// Output format.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub format: String,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct RunArgs {
+    /// Optional TOML configuration file (see docs/configuration.md).
+    #[arg(long = "config.file", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// Address to serve /metrics on [default: 0.0.0.0:9977].
+    #[arg(long = "web.listen-address", value_name = "ADDR")]
+    pub listen_address: Option<SocketAddr>,
+    /// Interval between two kernel samples, e.g. 1s, 500ms [default: 1s].
+    #[arg(long = "sample.interval", value_name = "DURATION", value_parser = parse_interval)]
+    pub interval: Option<Duration>,
+    /// Local port to watch (repeatable). Without any, every listening port is watched.
+    #[arg(long = "watch.port", value_name = "PORT", value_parser = parse_port)]
+    pub ports: Vec<u16>,
+    /// Cap on discovered ports when no port is configured [default: 32].
+    #[arg(long = "watch.max-ports", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub max_ports: Option<u16>,
+    /// Class of the connections of a port (repeatable), e.g. 8081=websocket.
+    #[arg(long = "class.port", value_name = "PORT=CLASS", value_parser = parse_class_rule)]
+    pub class_rules: Vec<(u16, String)>,
+    /// Root of the proc filesystem [default: /proc].
+    #[arg(long = "path.procfs", value_name = "PATH")]
+    pub procfs: Option<PathBuf>,
+}
+
+/// The validated configuration the program runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen_address: SocketAddr,
+    pub interval: Duration,
+    /// Empty: discover listening ports.
+    pub ports: BTreeSet<u16>,
+    pub max_ports: usize,
+    /// Port -> class name.
+    pub class_rules: BTreeMap<u16, String>,
+    pub procfs: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen_address: DEFAULT_LISTEN_ADDRESS.parse().expect("valid default"),
+            interval: DEFAULT_INTERVAL,
+            ports: BTreeSet::new(),
+            max_ports: DEFAULT_MAX_PORTS,
+            class_rules: BTreeMap::new(),
+            procfs: PathBuf::from("/proc"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    Read { path: String, message: String },
+    #[error("{path}:{line}: key `{key}`: {message}")]
+    File {
+        path: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The configuration file, as written. Unknown keys are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    web: FileWeb,
+    #[serde(default)]
+    sample: FileSample,
+    #[serde(default)]
+    watch: FileWatch,
+    #[serde(default)]
+    path: FilePath,
+    #[serde(default, rename = "class")]
+    classes: Vec<FileClassRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWeb {
+    listen_address: Option<SocketAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSample {
+    #[serde(default, deserialize_with = "de_interval")]
+    interval: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWatch {
+    #[serde(default, deserialize_with = "de_ports")]
+    ports: Vec<u16>,
+    max_ports: Option<u16>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePath {
+    procfs: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileClassRule {
+    #[serde(deserialize_with = "de_port")]
+    port: u16,
+    class: String,
+}
+
+/// Parses a port number, 1 to 65535.
+pub fn parse_port(s: &str) -> Result<u16, String> {
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a port number (1-65535)"))?;
+    port_from(n)
+}
+
+fn port_from(n: u64) -> Result<u16, String> {
+    match u16::try_from(n) {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("port {n} is out of range (1-65535)")),
+    }
+}
+
+/// Parses a sample interval such as `1s` or `500ms`: from 10ms to 1h.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration (e.g. 1s, 500ms): {e}"))?;
+    if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+        return Err(format!("interval {s:?} is out of range (10ms to 1h)"));
+    }
+    Ok(d)
+}
+
+/// Parses a class name: lowercase letters, digits and `_`, starting with a letter, at most 32.
+pub fn parse_class_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 32
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "class {s:?} must be 1-32 characters of a-z, 0-9 and _, starting with a letter"
+        ))
+    }
+}
+
+fn parse_class_rule(s: &str) -> Result<(u16, String), String> {
+    let (port, class) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not PORT=CLASS"))?;
+    Ok((parse_port(port)?, parse_class_name(class.trim())?))
+}
+
+fn de_interval<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_interval(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn de_port<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    let n = i64::deserialize(d)?;
+    u64::try_from(n)
+        .map_err(|_| format!("port {n} is out of range (1-65535)"))
+        .and_then(port_from)
+        .map_err(serde::de::Error::custom)
+}
+
+fn de_ports<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
+    let ns = Vec::<i64>::deserialize(d)?;
+    ns.into_iter()
+        .map(|n| {
+            u64::try_from(n)
+                .map_err(|_| format!("port {n} is out of range (1-65535)"))
+                .and_then(port_from)
+        })
+        .collect::<Result<_, _>>()
+        .map_err(serde::de::Error::custom)
+}
+
+/// 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The key a TOML error points at: a `key = value` on that line, or a `[table]` header.
+fn key_at(text: &str, line: usize, message: &str) -> String {
+    // serde names unknown and missing fields itself: "unknown field `x`".
+    for marker in ["unknown field `", "missing field `"] {
+        if let Some(rest) = message.split(marker).nth(1) {
+            if let Some(key) = rest.split('`').next() {
+                return key.to_string();
+            }
+        }
+    }
+    let text_line = text
+        .lines()
+        .nth(line.saturating_sub(1))
+        .unwrap_or("")
+        .trim();
+    if let Some((key, _)) = text_line.split_once('=') {
+        return key.trim().to_string();
+    }
+    text_line
+        .trim_matches(|c| c == '[' || c == ']')
+        .trim()
+        .to_string()
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    let shown = path.display().to_string();
+    toml::from_str::<FileConfig>(text).map_err(|e| {
+        let message = e.message().trim().to_string();
+        match e.span() {
+            Some(span) => {
+                let line = line_of(text, span.start);
+                ConfigError::File {
+                    path: shown.clone(),
+                    line,
+                    key: key_at(text, line, &message),
+                    message,
+                }
+            }
+            None => ConfigError::Read {
+                path: shown.clone(),
+                message,
+            },
+        }
+    })
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let file = parse_file(path, &text)?;
+    let mut seen = BTreeSet::new();
+    for rule in &file.classes {
+        if let Err(message) = parse_class_name(&rule.class) {
+            return Err(file_error(path, &text, "class", &rule.class, message));
+        }
+        if !seen.insert(rule.port) {
+            return Err(file_error(
+                path,
+                &text,
+                "port",
+                &rule.port.to_string(),
+                format!("port {} has more than one class rule", rule.port),
+            ));
+        }
+    }
+    Ok(file)
+}
+
+/// An error found after parsing: locate the first line that sets `key` to `value`.
+fn file_error(path: &Path, text: &str, key: &str, value: &str, message: String) -> ConfigError {
+    let line = text
+        .lines()
+        .position(|l| {
+            l.split_once('=')
+                .is_some_and(|(k, v)| k.trim() == key && v.trim().trim_matches('"') == value)
+        })
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    ConfigError::File {
+        path: path.display().to_string(),
+        line,
+        key: key.to_string(),
+        message,
+    }
+}
+
+impl Config {
+    /// Validates a file without running anything (`drainwatch check-config`).
+    pub fn check_file(path: &Path) -> Result<Config, ConfigError> {
+        Config::from_cli(&RunArgs {
+            config_file: Some(path.to_path_buf()),
+            ..RunArgs::default()
+        })
+    }
+
+    /// Merges flags over the file (if any) over the defaults, and validates the result.
+    pub fn from_cli(args: &RunArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config_file {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let mut config = Config::default();
+        if let Some(a) = args.listen_address.or(file.web.listen_address) {
+            config.listen_address = a;
+        }
+        if let Some(i) = args.interval.or(file.sample.interval) {
+            config.interval = i;
+        }
+        let ports = if args.ports.is_empty() {
+            file.watch.ports
+        } else {
+            args.ports.clone()
+        };
+        config.ports = ports.into_iter().collect();
+        if let Some(m) = args.max_ports.or(file.watch.max_ports) {
+            if m == 0 {
+                return Err(ConfigError::Invalid(
+                    "watch.max-ports must be at least 1".to_string(),
+                ));
+            }
+            config.max_ports = usize::from(m);
+        }
+        if config.ports.len() > crate::source::request::MAX_FILTER_PORTS {
+            return Err(ConfigError::Invalid(format!(
+                "{} watched ports exceed the limit of {}",
+                config.ports.len(),
+                crate::source::request::MAX_FILTER_PORTS
+            )));
+        }
+        for rule in file.classes {
+            config.class_rules.insert(rule.port, rule.class);
+        }
+        for (port, class) in &args.class_rules {
+            config.class_rules.insert(*port, class.clone());
+        }
+        let classes: BTreeSet<&String> = config.class_rules.values().collect();
+        if classes.len() > MAX_CLASSES {
+            return Err(ConfigError::Invalid(format!(
+                "{} classes configured; at most {MAX_CLASSES} keep the label set bounded",
+                classes.len()
+            )));
+        }
+        if let Some(p) = args.procfs.clone().or(file.path.procfs) {
+            config.procfs = p;
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,441 @@
+//! The metric catalogue: encodes the last [`Published`] state with prometheus-client.
+//!
+//! Everything is encoded from one immutable snapshot of the model's output, so a scrape sees a
+//! consistent sample and never touches the kernel. Names and labels are documented in
+//! docs/metrics.md; a test checks that every name encoded here is documented there.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::model::aggregate::{Aggregates, Histogram, OPEN_BOUNDS};
+use crate::model::classify::ClassTable;
+use crate::model::socket::GAUGE_STATES;
+use crate::source::procfs::{HostCounters, ABORT_REASONS};
+
+/// Bounds (seconds) of `drainwatch_sample_duration_seconds`.
+pub const SAMPLE_DURATION_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Sources whose failures are counted in `drainwatch_source_errors_total{source}`.
+pub const SOURCES: [&str; 2] = ["sock_diag", "procfs"];
+
+/// The exporter's own health.
+#[derive(Debug, Clone)]
+pub struct SelfStats {
+    pub sample_duration: Histogram,
+    /// Wall-clock time of the last successful sample, seconds since the epoch (0 before one).
+    pub last_sample_unix_seconds: f64,
+    pub sampled_sockets: u64,
+    pub tracked_connections: u64,
+    /// Failures per source, in the order of [`SOURCES`].
+    pub source_errors: [u64; SOURCES.len()],
+    /// Whether the last attempt of each source succeeded, in the order of [`SOURCES`].
+    pub source_up: [bool; SOURCES.len()],
+}
+
+impl Default for SelfStats {
+    fn default() -> Self {
+        SelfStats {
+            sample_duration: Histogram::new(&SAMPLE_DURATION_BUCKETS),
+            last_sample_unix_seconds: 0.0,
+            sampled_sockets: 0,
+            tracked_connections: 0,
+            source_errors: [0; SOURCES.len()],
+            source_up: [false; SOURCES.len()],
+        }
+    }
+}
+
+/// Everything a scrape shows, published by the sampler after each sample.
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    pub aggregates: Aggregates,
+    pub classes: ClassTable,
+    pub host: Option<HostCounters>,
+    pub stats: SelfStats,
+    pub version: &'static str,
+    pub revision: &'static str,
+}
+
+/// Shared handle the sampler stores into and scrapes load from.
+pub type SharedState = Arc<ArcSwap<Published>>;
+
+#[derive(Debug)]
+struct PublishedCollector(SharedState);
+
+/// A registry that encodes whatever is published in `state` at scrape time.
+pub fn registry(state: SharedState) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(PublishedCollector(state)));
+    registry
+}
+
+type Labels<'a> = Vec<(&'static str, &'a str)>;
+
+fn family<'a>(
+    enc: &'a mut DescriptorEncoder,
+    name: &'a str,
+    help: &str,
+    kind: MetricType,
+) -> Result<MetricEncoder<'a>, std::fmt::Error> {
+    enc.encode_descriptor(name, help, None, kind)
+}
+
+fn gauge(m: &mut MetricEncoder, labels: &Labels, v: f64) -> std::fmt::Result {
+    m.encode_family(labels)?.encode_gauge(&v)
+}
+
+fn counter(m: &mut MetricEncoder, labels: &Labels, v: u64) -> std::fmt::Result {
+    m.encode_family(labels)?
+        .encode_counter::<NoLabelSet, _, u64>(&v, None)
+}
+
+fn histogram(m: &mut MetricEncoder, labels: &Labels, h: &Histogram) -> std::fmt::Result {
+    m.encode_family(labels)?
+        .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.cumulative(), None)
+}
+
+impl Collector for PublishedCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let p = self.0.load();
+        encode_published(&p, &mut enc)
+    }
+}
+
+fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+    let agg = &p.aggregates;
+    let ports: BTreeMap<u16, String> = agg.ports.keys().map(|&k| (k, k.to_string())).collect();
+    // (port label, class label, aggregate) for every {port, class}.
+    let classes: Vec<_> = agg
+        .ports
+        .iter()
+        .flat_map(|(port, pa)| pa.classes.iter().map(move |(class, ca)| (port, *class, ca)))
+        .map(|(port, class, ca)| (ports[port].as_str(), p.classes.name(class), ca))
+        .collect();
+
+    let mut m = family(
+        enc,
+        "drainwatch_connections",
+        "Inbound sockets of the watched port per TCP state in the last sample.",
+        MetricType::Gauge,
+    )?;
+    for (port, class, ca) in &classes {
+        for (state, n) in GAUGE_STATES.iter().zip(ca.states) {
+            gauge(
+                &mut m,
+                &vec![("port", *port), ("class", *class), ("state", *state)],
+                n as f64,
+            )?;
+        }
+    }
+
+    let mut m = family(
+        enc,
+        "drainwatch_connections_opened",
+        "Inbound connections observed opening (first sighting, or a TIME_WAIT socket never seen open).",
+        MetricType::Counter,
+    )?;
+    for (port, class, ca) in &classes {
+        counter(
+            &mut m,
+            &vec![("port", *port), ("class", *class)],
+            ca.opened_total,
+        )?;
+    }
+
+    let mut m = family(
+        enc,
+        "drainwatch_connections_closed",
+        "Inbound connections observed closing (disappeared or entered TIME_WAIT).",
+        MetricType::Counter,
+    )?;
+    for (port, class, ca) in &classes {
+        counter(
+            &mut m,
+            &vec![("port", *port), ("class", *class)],
+            ca.closed_total,
+        )?;
+    }
+
+    let mut m = family(
+        enc,
+        "drainwatch_connection_duration_seconds",
+        "Lifetime of closed connections whose opening was observed (first sighting to close).",
+        MetricType::Histogram,
+    )?;
+    for (port, class, ca) in &classes {
+        histogram(
+            &mut m,
+            &vec![("port", *port), ("class", *class)],
+            &ca.lifetime,
+        )?;
+    }
+
+    let bounds: Vec<String> = OPEN_BOUNDS.iter().map(|b| b.to_string()).collect();
+    let mut m = family(
+        enc,
+        "drainwatch_open_connections_by_age",
+        "Open connections at least older_than seconds old (a lower bound for connections open before drainwatch started).",
+        MetricType::Gauge,
+    )?;
+    for (port, class, ca) in &classes {
+        for (bound, n) in bounds.iter().zip(ca.age_over) {
+            gauge(
+                &mut m,
+                &vec![
+                    ("port", *port),
+                    ("class", *class),
+                    ("older_than", bound.as_str()),
+                ],
+                n as f64,
+            )?;
+        }
+    }
+
+    let mut m = family(
+        enc,
+        "drainwatch_open_connections_by_idle",
+        "Open connections with no data sent or received for at least idle_over seconds.",
+        MetricType::Gauge,
+    )?;
+    for (port, class, ca) in &classes {
+        for (bound, n) in bounds.iter().zip(ca.idle_over) {
+            gauge(
+                &mut m,
+                &vec![
+                    ("port", *port),
+                    ("class", *class),
+                    ("idle_over", bound.as_str()),
+                ],
+                n as f64,
+            )?;
+        }
+    }
+
+    let mut m = family(
+        enc,
+        "drainwatch_oldest_connection_age_seconds",
+        "Age of the oldest open connection (0 when none is open).",
+        MetricType::Gauge,
+    )?;
+    for (port, class, ca) in &classes {
+        gauge(
+            &mut m,
+            &vec![("port", *port), ("class", *class)],
+            ca.oldest_age_seconds,
+        )?;
+    }
+
+    let mut m = family(
+        enc,
+        "drainwatch_retransmitting_connections",
+        "Open connections whose retransmission timer fired and whose data is still unacknowledged.",
+        MetricType::Gauge,
+    )?;
+    for (port, class, ca) in &classes {
+        gauge(
+            &mut m,
+            &vec![("port", *port), ("class", *class)],
+            ca.retransmitting as f64,
+        )?;
+    }
+
+    type PortValue = fn(&crate::model::aggregate::PortAggregate) -> f64;
+    let per_port: [(&str, &str, PortValue); 3] = [
+        (
+            "drainwatch_listening",
+            "1 while a socket listens on the port.",
+            |pa| f64::from(u8::from(pa.listening)),
+        ),
+        (
+            "drainwatch_listen_queue_length",
+            "Connections waiting in the port's accept queues.",
+            |pa| pa.listen_queue_length as f64,
+        ),
+        (
+            "drainwatch_listen_queue_limit",
+            "Accept backlog of the port's listeners (summed over listeners).",
+            |pa| pa.listen_queue_limit as f64,
+        ),
+    ];
+    for (name, help, value) in per_port {
+        let mut m = family(enc, name, help, MetricType::Gauge)?;
+        for (port, pa) in &agg.ports {
+            gauge(&mut m, &vec![("port", ports[port].as_str())], value(pa))?;
+        }
+    }
+
+    let mut m = family(
+        enc,
+        "drainwatch_unwatched_listening_ports",
+        "Listening ports not watched because --watch.max-ports was reached.",
+        MetricType::Gauge,
+    )?;
+    gauge(&mut m, &vec![], agg.unwatched_listening_ports as f64)?;
+
+    if let Some(h) = &p.host {
+        let host: [(&str, &str, u64); 8] = [
+            (
+                "drainwatch_host_tcp_passive_opens",
+                "Host-wide TCP passive opens (Tcp PassiveOpens).",
+                h.passive_opens,
+            ),
+            (
+                "drainwatch_host_tcp_active_opens",
+                "Host-wide TCP active opens (Tcp ActiveOpens).",
+                h.active_opens,
+            ),
+            (
+                "drainwatch_host_tcp_resets_sent",
+                "Host-wide TCP segments sent with RST (Tcp OutRsts).",
+                h.resets_sent,
+            ),
+            (
+                "drainwatch_host_tcp_established_resets",
+                "Host-wide resets of ESTABLISHED or CLOSE_WAIT connections (Tcp EstabResets).",
+                h.established_resets,
+            ),
+            (
+                "drainwatch_host_tcp_attempt_fails",
+                "Host-wide failed connection attempts (Tcp AttemptFails).",
+                h.attempt_fails,
+            ),
+            (
+                "drainwatch_host_tcp_retransmit_timeouts",
+                "Host-wide retransmission timeouts (TcpExt TCPTimeouts).",
+                h.retransmit_timeouts,
+            ),
+            (
+                "drainwatch_host_tcp_listen_overflows",
+                "Host-wide accept queue overflows (TcpExt ListenOverflows).",
+                h.listen_overflows,
+            ),
+            (
+                "drainwatch_host_tcp_listen_drops",
+                "Host-wide SYNs dropped at listeners (TcpExt ListenDrops).",
+                h.listen_drops,
+            ),
+        ];
+        for (name, help, v) in host {
+            let mut m = family(enc, name, help, MetricType::Counter)?;
+            counter(&mut m, &vec![], v)?;
+        }
+        let mut m = family(
+            enc,
+            "drainwatch_host_tcp_aborts",
+            "Host-wide connections aborted by the kernel, by reason (TcpExt TCPAbortOn*).",
+            MetricType::Counter,
+        )?;
+        for ((_, reason), v) in ABORT_REASONS.iter().zip(h.aborts) {
+            counter(&mut m, &vec![("reason", *reason)], v)?;
+        }
+    }
+
+    let s = &p.stats;
+    let mut m = family(
+        enc,
+        "drainwatch_sample_duration_seconds",
+        "Wall time of one sample: dumps, decoding, tracking and aggregation.",
+        MetricType::Histogram,
+    )?;
+    histogram(&mut m, &vec![], &s.sample_duration)?;
+    let selfg: [(&str, &str, f64); 3] = [
+        (
+            "drainwatch_last_sample_timestamp_seconds",
+            "Time of the last successful sample, seconds since the Unix epoch.",
+            s.last_sample_unix_seconds,
+        ),
+        (
+            "drainwatch_sampled_sockets",
+            "Sockets returned by the kernel in the last sample (after the port filter).",
+            s.sampled_sockets as f64,
+        ),
+        (
+            "drainwatch_tracked_connections",
+            "Connections the tracker follows (open ones and TIME_WAIT remnants).",
+            s.tracked_connections as f64,
+        ),
+    ];
+    for (name, help, v) in selfg {
+        let mut m = family(enc, name, help, MetricType::Gauge)?;
+        gauge(&mut m, &vec![], v)?;
+    }
+    let mut m = family(
+        enc,
+        "drainwatch_source_errors",
+        "Failed reads per source; the last good data stays published.",
+        MetricType::Counter,
+    )?;
+    for (source, n) in SOURCES.iter().zip(s.source_errors) {
+        counter(&mut m, &vec![("source", *source)], n)?;
+    }
+    let mut m = family(
+        enc,
+        "drainwatch_source_up",
+        "1 when the last read of the source succeeded.",
+        MetricType::Gauge,
+    )?;
+    for (source, up) in SOURCES.iter().zip(s.source_up) {
+        gauge(&mut m, &vec![("source", *source)], f64::from(u8::from(up)))?;
+    }
+    let mut m = family(
+        enc,
+        "drainwatch_build_info",
+        "Build of the running drainwatch; always 1.",
+        MetricType::Gauge,
+    )?;
+    gauge(
+        &mut m,
+        &vec![("version", p.version), ("revision", p.revision)],
+        1.0,
+    )?;
+    Ok(())
+}
+
+/// Encodes `registry` as OpenMetrics text.
+pub fn encode_openmetrics(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::with_capacity(16 * 1024);
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+/// Rewrites OpenMetrics text as Prometheus text format 0.0.4, for clients that do not accept
+/// OpenMetrics: counter families take their `_total` name, `# UNIT` and `# EOF` go away.
+pub fn openmetrics_to_prometheus_text(om: &str) -> String {
+    let mut out = String::with_capacity(om.len());
+    let mut counters = std::collections::HashSet::new();
+    for line in om.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.strip_suffix(" counter") {
+                counters.insert(name.to_string());
+            }
+        }
+    }
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("# HELP ", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        if let Some((tag, rest)) = meta {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            if counters.contains(name) {
+                let _ = writeln!(out, "{tag}{name}_total {tail}");
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,4 @@
+//! Exposition: what Prometheus and operators see. Reads published model output only.
+
+pub mod http;
+pub mod metrics;

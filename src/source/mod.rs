@@ -1,0 +1,18 @@
+//! Sources: the only modules that touch Linux. Each splits I/O (`netlink`, `procfs` readers)
+//! from pure decoding (`decode`, `request`, `procfs::parse_netstat`), and produces model types.
+
+pub mod decode;
+pub mod netlink;
+pub mod procfs;
+pub mod request;
+pub mod sampler;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error("dump datagram of {datagram} bytes truncated by a {buffer}-byte buffer")]
+    Truncated { datagram: usize, buffer: usize },
+    #[error(transparent)]
+    Decode(#[from] decode::DecodeError),
+}

@@ -1,0 +1,123 @@
+//! One sample of the kernel: the listener dump (when ports are discovered), the port selection,
+//! and one filtered dump per address family, assembled into a [`Snapshot`].
+
+use std::collections::BTreeSet;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::netlink::SockDiag;
+use super::request::{DumpSpec, Family};
+use super::SourceError;
+use crate::model::socket::{Listener, Snapshot, SocketRecord, TcpState, Timestamp};
+use crate::model::watch::{Selected, Watch};
+
+pub struct Sampler {
+    diag: SockDiag,
+    scratch: Vec<SocketRecord>,
+    origin: Instant,
+}
+
+impl Sampler {
+    pub fn new() -> Self {
+        Sampler {
+            diag: SockDiag::new(),
+            scratch: Vec::new(),
+            origin: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        Timestamp {
+            monotonic_ms: self.origin.elapsed().as_millis() as u64,
+            unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        }
+    }
+
+    /// Fills `snapshot` with one sample. `draining` are ports that still have open tracked
+    /// connections (kept watched after their listener went away). On error `snapshot` holds
+    /// no usable data and must not be observed.
+    pub fn sample(
+        &mut self,
+        watch: &mut Watch,
+        draining: &BTreeSet<u16>,
+        snapshot: &mut Snapshot,
+    ) -> Result<Selected, SourceError> {
+        snapshot.listeners.clear();
+        snapshot.sockets.clear();
+        self.scratch.clear();
+        let selected = if watch.discovers() {
+            for family in Family::ALL {
+                let spec = DumpSpec {
+                    family,
+                    listeners: true,
+                    connections: false,
+                    local_ports: None,
+                };
+                self.diag.dump(&spec, &mut self.scratch)?;
+            }
+            let listening: BTreeSet<u16> = self.scratch.iter().map(|r| r.local_port).collect();
+            let selected = watch.select(&listening, draining);
+            let watched: BTreeSet<u16> = selected.ports.iter().copied().collect();
+            snapshot.listeners.extend(
+                self.scratch
+                    .iter()
+                    .filter(|r| watched.contains(&r.local_port))
+                    .map(listener_of),
+            );
+            if !selected.ports.is_empty() {
+                for family in Family::ALL {
+                    let spec = DumpSpec {
+                        family,
+                        listeners: false,
+                        connections: true,
+                        local_ports: Some(selected.ports.clone()),
+                    };
+                    self.diag.dump(&spec, &mut snapshot.sockets)?;
+                }
+            }
+            selected
+        } else {
+            let selected = watch.select(&BTreeSet::new(), draining);
+            if !selected.ports.is_empty() {
+                for family in Family::ALL {
+                    let spec = DumpSpec {
+                        family,
+                        listeners: true,
+                        connections: true,
+                        local_ports: Some(selected.ports.clone()),
+                    };
+                    self.diag.dump(&spec, &mut snapshot.sockets)?;
+                }
+            }
+            snapshot.listeners.extend(
+                snapshot
+                    .sockets
+                    .iter()
+                    .filter(|r| r.state == TcpState::Listen)
+                    .map(listener_of),
+            );
+            snapshot.sockets.retain(|r| r.state != TcpState::Listen);
+            selected
+        };
+        snapshot.watched_ports.clear();
+        snapshot.watched_ports.extend_from_slice(&selected.ports);
+        snapshot.taken_at = self.now();
+        Ok(selected)
+    }
+}
+
+impl Default for Sampler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn listener_of(r: &SocketRecord) -> Listener {
+    Listener {
+        port: r.local_port,
+        queue_length: r.rx_queue,
+        queue_limit: r.tx_queue,
+    }
+}
