@@ -131,14 +131,7 @@ impl Pipeline {
     }
 
     pub fn published(&self) -> Published {
-        Published {
-            aggregates: self.model.aggregates.clone(),
-            classes: self.model.classifier.table().clone(),
-            host: self.host.clone(),
-            stats: self.stats.clone(),
-            version: VERSION,
-            revision: REVISION,
-        }
+        publish(&self.model, self.host.clone(), self.stats.clone())
     }
 
     pub fn snapshot(&self) -> &Snapshot {
@@ -147,6 +140,18 @@ impl Pipeline {
 
     pub fn model(&self) -> &Model {
         &self.model
+    }
+}
+
+/// What a scrape shows for `model`, the host counters and the self statistics.
+pub fn publish(model: &Model, host: Option<HostCounters>, stats: SelfStats) -> Published {
+    Published {
+        aggregates: model.aggregates.clone(),
+        classes: model.classifier.table().clone(),
+        host,
+        stats,
+        version: VERSION,
+        revision: REVISION,
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod decode;
 pub mod netlink;
 pub mod procfs;
+pub mod replay;
 pub mod request;
 pub mod sampler;
 

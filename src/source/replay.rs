@@ -1,0 +1,147 @@
+//! Scripted snapshot sequences: a readable TOML file -> [`Snapshot`]s, for tests and demos of the
+//! pure model without a kernel. Pure: parses text, reads no clock.
+//!
+//! ```toml
+//! watched = [8080]                      # ports watched in every sample unless a sample says
+//! [[sample]]
+//! at = "0s"                             # time of the sample (monotonic)
+//! listeners = [{ port = 8080, queue_limit = 511 }]
+//! sockets = [
+//!   { cookie = 1, state = "established", port = 8080, peer = "10.250.0.1:40001", idle_ms = 200 },
+//! ]
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::model::socket::{Listener, Snapshot, SocketRecord, TcpInfo, TcpState, Timer};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Scenario {
+    #[serde(default)]
+    watched: Vec<u16>,
+    #[serde(default)]
+    sample: Vec<Sample>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sample {
+    at: String,
+    watched: Option<Vec<u16>>,
+    #[serde(default)]
+    listeners: Vec<ScriptListener>,
+    #[serde(default)]
+    sockets: Vec<ScriptSocket>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScriptListener {
+    port: u16,
+    #[serde(default)]
+    queue_length: u32,
+    #[serde(default = "default_backlog")]
+    queue_limit: u32,
+}
+
+fn default_backlog() -> u32 {
+    511
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScriptSocket {
+    cookie: u64,
+    state: String,
+    port: u16,
+    peer: SocketAddr,
+    #[serde(default)]
+    idle_ms: u32,
+    #[serde(default)]
+    retransmits: u8,
+    #[serde(default)]
+    bytes_received: u64,
+    #[serde(default)]
+    bytes_acked: u64,
+}
+
+fn state_from_label(s: &str) -> Option<TcpState> {
+    use TcpState::*;
+    Some(match s {
+        "established" => Established,
+        "syn_recv" => SynRecv,
+        "fin_wait1" => FinWait1,
+        "fin_wait2" => FinWait2,
+        "time_wait" => TimeWait,
+        "close_wait" => CloseWait,
+        "last_ack" => LastAck,
+        "closing" => Closing,
+        _ => return None,
+    })
+}
+
+/// Parses a scenario into its snapshots, in order.
+pub fn parse_scenario(text: &str) -> Result<Vec<Snapshot>, String> {
+    let scenario: Scenario = toml::from_str(text).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(scenario.sample.len());
+    for (i, sample) in scenario.sample.into_iter().enumerate() {
+        let at: Duration = humantime::parse_duration(&sample.at)
+            .map_err(|e| format!("sample {}: at = {:?}: {e}", i + 1, sample.at))?;
+        let mut watched = sample.watched.unwrap_or_else(|| scenario.watched.clone());
+        watched.sort_unstable();
+        watched.dedup();
+        let mut sockets = Vec::with_capacity(sample.sockets.len());
+        for s in sample.sockets {
+            let state = state_from_label(&s.state)
+                .ok_or_else(|| format!("sample {}: unknown state {:?}", i + 1, s.state))?;
+            let info =
+                (state != TcpState::TimeWait && state != TcpState::SynRecv).then(|| TcpInfo {
+                    len: 280,
+                    retransmits: s.retransmits,
+                    last_data_recv_ms: s.idle_ms,
+                    last_data_sent_ms: s.idle_ms,
+                    bytes_received: s.bytes_received,
+                    bytes_acked: s.bytes_acked,
+                    ..TcpInfo::default()
+                });
+            sockets.push(SocketRecord {
+                cookie: s.cookie,
+                state,
+                local_port: s.port,
+                remote_port: s.peer.port(),
+                remote_addr: s.peer.ip(),
+                rx_queue: 0,
+                tx_queue: 0,
+                timer: if s.retransmits > 0 {
+                    Timer::Retransmit
+                } else {
+                    Timer::None
+                },
+                timer_retrans: s.retransmits,
+                info,
+            });
+        }
+        out.push(Snapshot {
+            taken_at: crate::model::socket::Timestamp {
+                monotonic_ms: at.as_millis() as u64,
+                unix_ms: 1_800_000_000_000 + at.as_millis() as u64,
+            },
+            watched_ports: watched,
+            listeners: sample
+                .listeners
+                .into_iter()
+                .map(|l| Listener {
+                    port: l.port,
+                    queue_length: l.queue_length,
+                    queue_limit: l.queue_limit,
+                })
+                .collect(),
+            sockets,
+        });
+    }
+    Ok(out)
+}

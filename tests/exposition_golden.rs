@@ -1,0 +1,162 @@
+//! Golden exposition: a replayed scenario encoded as Prometheus text must equal
+//! tests/golden/<scenario>.prom byte for byte, and promtool must accept it.
+//! `UPDATE_GOLDEN=1 cargo test --test exposition_golden` rewrites the golden files.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use drainwatch::app::publish;
+use drainwatch::exposition::metrics::{
+    encode_openmetrics, openmetrics_to_prometheus_text, registry, SelfStats,
+};
+use drainwatch::model::classify::Classifier;
+use drainwatch::model::Model;
+use drainwatch::source::procfs::read_host_counters;
+use drainwatch::source::replay::parse_scenario;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Replays a scenario with the fixture /proc and fixed self statistics (no clock involved).
+fn render(scenario: &str) -> (String, String) {
+    let text =
+        std::fs::read_to_string(root().join(format!("tests/fixtures/scenarios/{scenario}.toml")))
+            .unwrap();
+    let snapshots = parse_scenario(&text).unwrap();
+    let mut model = Model::new(Classifier::from_port_rules([(8081, "websocket")]));
+    let mut stats = SelfStats::default();
+    for (i, snapshot) in snapshots.iter().enumerate() {
+        model.observe(snapshot);
+        // A deterministic stand-in for the measured sample duration.
+        stats.sample_duration.observe(0.002 * (i + 1) as f64);
+        stats.last_sample_unix_seconds = snapshot.taken_at.unix_ms as f64 / 1000.0;
+        stats.sampled_sockets = (snapshot.sockets.len() + snapshot.listeners.len()) as u64;
+    }
+    stats.tracked_connections = model.tracker.tracked() as u64;
+    stats.source_up = [true, true];
+    stats.source_errors = [1, 0];
+    let host = read_host_counters(&root().join("tests/fixtures/proc")).unwrap();
+    let mut published = publish(&model, Some(host), stats);
+    published.revision = "golden";
+    let registry = registry(Arc::new(ArcSwap::from_pointee(published)));
+    let om = encode_openmetrics(&registry).unwrap();
+    let text = openmetrics_to_prometheus_text(&om);
+    (om, text)
+}
+
+fn check_golden(path: &Path, actual: &str) {
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+            path.display()
+        )
+    });
+    if expected != actual {
+        let first = expected
+            .lines()
+            .zip(actual.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(expected.lines().count().min(actual.lines().count()));
+        panic!(
+            "{} differs from the encoded output at line {}:\n  golden: {:?}\n  actual: {:?}\n(run with UPDATE_GOLDEN=1 after checking the change is intended)",
+            path.display(),
+            first + 1,
+            expected.lines().nth(first),
+            actual.lines().nth(first)
+        );
+    }
+}
+
+#[test]
+fn drain_scenario_matches_golden_exposition() {
+    let (om, text) = render("drain");
+    check_golden(&root().join("tests/golden/drain.prom"), &text);
+    check_golden(&root().join("tests/golden/drain.om.txt"), &om);
+    assert!(om.ends_with("# EOF\n"));
+    assert!(!text.contains("# EOF"));
+}
+
+#[test]
+fn drain_scenario_numbers() {
+    let (_, text) = render("drain");
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no series {series}"))
+            .parse()
+            .unwrap()
+    };
+    // Port 80: cookies 1 and 2 opened; 4 opened and closed between samples (TIME_WAIT only).
+    assert_eq!(
+        value(r#"drainwatch_connections_opened_total{port="80",class="unclassified"}"#),
+        3.0
+    );
+    // Cookie 1 entered TIME_WAIT, cookie 4 was only seen in TIME_WAIT; cookie 2 still drains.
+    assert_eq!(
+        value(r#"drainwatch_connections_closed_total{port="80",class="unclassified"}"#),
+        2.0
+    );
+    assert_eq!(
+        value(r#"drainwatch_connection_duration_seconds_count{port="80",class="unclassified"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"drainwatch_connections{port="80",class="unclassified",state="last_ack"}"#),
+        1.0
+    );
+    assert_eq!(value(r#"drainwatch_listening{port="80"}"#), 0.0);
+    // Port 8081: cookie 100 predates us (closed, no lifetime), 101 opened and closed.
+    assert_eq!(
+        value(r#"drainwatch_connections_opened_total{port="8081",class="websocket"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"drainwatch_connections_closed_total{port="8081",class="websocket"}"#),
+        2.0
+    );
+    assert_eq!(
+        value(r#"drainwatch_connection_duration_seconds_sum{port="8081",class="websocket"}"#),
+        74.0
+    );
+    assert_eq!(
+        value(r#"drainwatch_oldest_connection_age_seconds{port="80",class="unclassified"}"#),
+        74.0
+    );
+}
+
+#[test]
+fn promtool_accepts_the_golden_exposition() {
+    let (_, text) = render("drain");
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "promtool is required (the README's test command installs Debian's prometheus package)",
+        );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics:\n{report}"
+    );
+}

@@ -1,0 +1,103 @@
+//! HTTP handlers through `app().oneshot(..)`: no server, no kernel.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::body::{to_bytes, Body};
+use axum::http::{header, Request, StatusCode};
+use drainwatch::app::publish;
+use drainwatch::exposition::http::{app, AppState, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
+use drainwatch::exposition::metrics::{Published, SelfStats, SharedState};
+use drainwatch::model::classify::Classifier;
+use drainwatch::model::Model;
+use drainwatch::source::replay::parse_scenario;
+use tower::ServiceExt;
+
+fn state_after(scenario: &str) -> SharedState {
+    let mut model = Model::new(Classifier::default());
+    let mut stats = SelfStats::default();
+    for s in parse_scenario(scenario).unwrap() {
+        model.observe(&s);
+        stats.last_sample_unix_seconds = s.taken_at.unix_ms as f64 / 1000.0;
+    }
+    Arc::new(ArcSwap::from_pointee(publish(&model, None, stats)))
+}
+
+const ONE_PORT: &str = r#"
+watched = [8080]
+[[sample]]
+at = "0s"
+listeners = [{ port = 8080 }]
+[[sample]]
+at = "1s"
+listeners = [{ port = 8080 }]
+sockets = [{ cookie = 1, state = "established", port = 8080, peer = "10.250.0.1:40001" }]
+"#;
+
+async fn get(state: SharedState, uri: &str, accept: Option<&str>) -> (StatusCode, String, String) {
+    let mut req = Request::get(uri);
+    if let Some(a) = accept {
+        req = req.header(header::ACCEPT, a);
+    }
+    let resp = app(AppState::new(state))
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let ctype = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let body = to_bytes(resp.into_body(), 1 << 24).await.unwrap();
+    (status, ctype, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn metrics_are_openmetrics_for_prometheus() {
+    // The Accept header Prometheus 2.x sends.
+    let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let (status, ctype, body) = get(state_after(ONE_PORT), "/metrics", Some(accept)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ctype, OPENMETRICS_CONTENT_TYPE);
+    assert!(body.ends_with("# EOF\n"));
+    assert!(body.contains("# TYPE drainwatch_connections_opened counter\n"));
+    assert!(body.contains(
+        "drainwatch_connections{port=\"8080\",class=\"unclassified\",state=\"established\"} 1"
+    ));
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_for_other_clients() {
+    let (status, ctype, body) = get(state_after(ONE_PORT), "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ctype, TEXT_CONTENT_TYPE);
+    assert!(!body.contains("# EOF"));
+    assert!(body.contains("# TYPE drainwatch_connections_opened_total counter\n"));
+    assert!(body
+        .contains("drainwatch_connections_opened_total{port=\"8080\",class=\"unclassified\"} 1\n"));
+}
+
+#[tokio::test]
+async fn healthz_waits_for_the_first_sample() {
+    let empty: SharedState = Arc::new(ArcSwap::from_pointee(Published::default()));
+    let (status, _, _) = get(empty, "/healthz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _, body) = get(state_after(ONE_PORT), "/healthz", None).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok\n"));
+}
+
+#[tokio::test]
+async fn index_lists_endpoints_and_watched_ports() {
+    let (status, ctype, body) = get(state_after(ONE_PORT), "/", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(ctype.starts_with("text/html"));
+    assert!(body.contains("href=\"/metrics\""));
+    assert!(body.contains("<li>8080</li>"));
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404() {
+    let (status, _, _) = get(state_after(ONE_PORT), "/nope", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
