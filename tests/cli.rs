@@ -1,0 +1,177 @@
+//! The binary as a user runs it: bad input exits 2 naming the problem; with no configuration
+//! it serves every listening port within 2 s, promtool accepts a live scrape, SIGTERM stops it.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_drainwatch");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn config_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("drainwatch-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn unknown_flag_exits_2_naming_it() {
+    let o = run(&["--watch.prot", "80"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--watch.prot"), "{}", stderr(&o));
+}
+
+#[test]
+fn port_out_of_range_exits_2() {
+    let o = run(&["--watch.port", "70000"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("70000"), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_interval_exits_2() {
+    let o = run(&["--sample.interval", "fast"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("\"fast\" is not a duration"), "{}", stderr(&o));
+}
+
+#[test]
+fn config_file_errors_name_file_line_and_key() {
+    let cases = [
+        ("unknown.toml", "[watch]\nports = [80]\n\n[sample]\nintervall = \"1s\"\n", ":5: key `intervall`", "unknown field"),
+        ("port.toml", "[watch]\nports = [80, 70000]\n", ":2: key `ports`", "70000"),
+        ("interval.toml", "# comment\n[sample]\ninterval = \"fast\"\n", ":3: key `interval`", "\"fast\""),
+        ("class.toml", "[[class]]\nport = 8081\nclass = \"Web Socket\"\n", ":3: key `class`", "a-z"),
+    ];
+    for (name, text, location, detail) in cases {
+        let path = config_file(name, text);
+        for args in [
+            vec!["--config.file", path.to_str().unwrap()],
+            vec!["check-config", path.to_str().unwrap()],
+        ] {
+            let o = run(&args);
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(2), "{name} {args:?}: {err}");
+            assert!(err.contains(&format!("{}{location}", path.display())), "{name}: {err}");
+            assert!(err.contains(detail), "{name}: {err}");
+        }
+    }
+}
+
+#[test]
+fn check_config_accepts_a_valid_file() {
+    let path = config_file(
+        "valid.toml",
+        "[web]\nlisten_address = \"127.0.0.1:9977\"\n[sample]\ninterval = \"500ms\"\n[watch]\nports = [80, 8081]\n[[class]]\nport = 8081\nclass = \"websocket\"\n",
+    );
+    let o = run(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200").then(|| body.to_string())
+}
+
+/// LISTEN ports of TCP sockets in this network namespace, from /proc/net/tcp{,6}.
+fn listening_ports() -> BTreeSet<u16> {
+    let mut ports = BTreeSet::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 3 && f[3] == "0A" {
+                let port = f[1].rsplit(':').next().unwrap();
+                ports.insert(u16::from_str_radix(port, 16).unwrap());
+            }
+        }
+    }
+    ports
+}
+
+struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn default_run_serves_every_listening_port_within_two_seconds() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let before = listening_ports();
+    let started = Instant::now();
+    let mut server = Server(
+        Command::new(BIN)
+            .args(["--web.listen-address", &listen, "--watch.max-ports", "4096"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let body = loop {
+        if let Some(body) = http_get(port, "/metrics") {
+            if body.contains("drainwatch_listening{") {
+                break body;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "no sample within 2 s");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let after = listening_ports();
+    for p in before.intersection(&after).chain(std::iter::once(&port)) {
+        assert!(
+            body.contains(&format!("drainwatch_listening{{port=\"{p}\"}} 1")),
+            "port {p} missing from /metrics"
+        );
+    }
+
+    // promtool lints a live scrape.
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is required (the README's test command installs it)");
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && report.trim().is_empty(), "promtool: {report}");
+
+    // SIGTERM: graceful shutdown, exit 0.
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            assert!(status.success(), "exit status after SIGTERM: {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running 5 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
