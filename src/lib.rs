@@ -4,6 +4,8 @@
 //! -> [`model`] (tracker -> classifier -> aggregates) -> [`exposition`] (Prometheus metrics over
 //! HTTP). [`app`] wires the stages; [`config`] validates flags and the configuration file.
 
+#![deny(unsafe_code)]
+
 pub mod app;
 pub mod config;
 pub mod exposition;

@@ -103,6 +103,7 @@ impl Default for SockDiag {
     }
 }
 
+#[allow(unsafe_code)] // the one setsockopt netlink-sys does not wrap
 fn set_recv_timeout(socket: &Socket, timeout: Duration) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let tv = libc::timeval {
