@@ -44,16 +44,40 @@ fn port_out_of_range_exits_2() {
 fn bad_interval_exits_2() {
     let o = run(&["--sample.interval", "fast"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("\"fast\" is not a duration"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("\"fast\" is not a duration"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn config_file_errors_name_file_line_and_key() {
     let cases = [
-        ("unknown.toml", "[watch]\nports = [80]\n\n[sample]\nintervall = \"1s\"\n", ":5: key `intervall`", "unknown field"),
-        ("port.toml", "[watch]\nports = [80, 70000]\n", ":2: key `ports`", "70000"),
-        ("interval.toml", "# comment\n[sample]\ninterval = \"fast\"\n", ":3: key `interval`", "\"fast\""),
-        ("class.toml", "[[class]]\nport = 8081\nclass = \"Web Socket\"\n", ":3: key `class`", "a-z"),
+        (
+            "unknown.toml",
+            "[watch]\nports = [80]\n\n[sample]\nintervall = \"1s\"\n",
+            ":5: key `intervall`",
+            "unknown field",
+        ),
+        (
+            "port.toml",
+            "[watch]\nports = [80, 70000]\n",
+            ":2: key `ports`",
+            "70000",
+        ),
+        (
+            "interval.toml",
+            "# comment\n[sample]\ninterval = \"fast\"\n",
+            ":3: key `interval`",
+            "\"fast\"",
+        ),
+        (
+            "class.toml",
+            "[[class]]\nport = 8081\nclass = \"Web Socket\"\n",
+            ":3: key `class`",
+            "a-z",
+        ),
     ];
     for (name, text, location, detail) in cases {
         let path = config_file(name, text);
@@ -64,7 +88,10 @@ fn config_file_errors_name_file_line_and_key() {
             let o = run(&args);
             let err = stderr(&o);
             assert_eq!(o.status.code(), Some(2), "{name} {args:?}: {err}");
-            assert!(err.contains(&format!("{}{location}", path.display())), "{name}: {err}");
+            assert!(
+                err.contains(&format!("{}{location}", path.display())),
+                "{name}: {err}"
+            );
             assert!(err.contains(detail), "{name}: {err}");
         }
     }
@@ -81,7 +108,11 @@ fn check_config_accepts_a_valid_file() {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn http_get(port: u16, path: &str) -> Option<String> {
@@ -138,7 +169,10 @@ fn default_run_serves_every_listening_port_within_two_seconds() {
                 break body;
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(2), "no sample within 2 s");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "no sample within 2 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let after = listening_ports();
@@ -157,14 +191,30 @@ fn default_run_serves_every_listening_port_within_two_seconds() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool is required (the README's test command installs it)");
-    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && report.trim().is_empty(), "promtool: {report}");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
 
     // SIGTERM: graceful shutdown, exit 0.
     let pid = server.0.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         if let Some(status) = server.0.try_wait().unwrap() {
@@ -173,5 +223,63 @@ fn default_run_serves_every_listening_port_within_two_seconds() {
         }
         assert!(Instant::now() < deadline, "still running 5 s after SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_failing_source_is_counted_and_the_exporter_keeps_serving() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _server = Server(
+        Command::new(BIN)
+            .args([
+                "--web.listen-address",
+                &listen,
+                "--watch.port",
+                &port.to_string(),
+                "--path.procfs",
+                "/nonexistent-proc",
+                "--sample.interval",
+                "100ms",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    let value = |body: &str, series: &str| -> Option<f64> {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.parse().ok())
+    };
+    loop {
+        if let Some(body) = http_get(port, "/metrics") {
+            let errors = value(&body, r#"drainwatch_source_errors_total{source="procfs"}"#);
+            if errors.is_some_and(|e| e >= 3.0) {
+                assert_eq!(
+                    value(&body, r#"drainwatch_source_up{source="procfs"}"#),
+                    Some(0.0)
+                );
+                assert_eq!(
+                    value(&body, r#"drainwatch_source_up{source="sock_diag"}"#),
+                    Some(1.0)
+                );
+                assert_eq!(
+                    value(&body, &format!("drainwatch_listening{{port=\"{port}\"}}")),
+                    Some(1.0)
+                );
+                assert!(
+                    !body.contains("drainwatch_host_tcp_passive_opens_total"),
+                    "no invented host counters"
+                );
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "procfs errors not counted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

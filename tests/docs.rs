@@ -22,7 +22,11 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 fn every_exported_metric_is_in_the_catalogue() {
     let catalogue = read("docs/metrics.md");
     let names = metric_names(&read("tests/golden/drain.prom"));
-    assert!(names.len() >= 25, "the golden file lists {} metrics", names.len());
+    assert!(
+        names.len() >= 25,
+        "the golden file lists {} metrics",
+        names.len()
+    );
     let missing: Vec<_> = names
         .iter()
         .filter(|n| !catalogue.contains(&format!("`{n}`")))
@@ -46,7 +50,10 @@ fn every_flag_is_documented() {
         .collect();
     assert!(flags.len() >= 6, "{flags:?}");
     for flag in flags {
-        assert!(docs.contains(&format!("`{flag}")), "{flag} is not documented");
+        assert!(
+            docs.contains(&format!("`{flag}")),
+            "{flag} is not documented"
+        );
     }
 }
 

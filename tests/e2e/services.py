@@ -1,0 +1,236 @@
+"""The processes of one scenario run: start, drive, stop.
+
+Every process runs inside one of the test namespaces through `ip netns exec`,
+in its own session (so a terminal's Ctrl-C reaches only the runner), with its
+output in a log file under the run directory. The runner stops them in
+`Stack.stop_all()`; anything that survives is killed with its namespace by
+`topology.cleanup()`.
+"""
+
+from __future__ import annotations
+
+import glob
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+import topology as topo
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES = HERE / "templates"
+WATCHED_PORTS = (80, 8080)
+HEALTH_PORT = 81
+APP_PORT = 8080
+DRAINWATCH_PORT = 9977
+PROMETHEUS_ADDR = "127.0.0.1:9090"
+DRAINWATCH_ADDR = f"{topo.BACKEND_ADDRS[topo.B1]}:{DRAINWATCH_PORT}"
+SAMPLE_INTERVAL = 1.0
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+
+def render(template: str, dest: Path, **values: str) -> Path:
+    """Fill @KEY@ placeholders of a template file; every one must be given."""
+    text = (TEMPLATES / template).read_text()
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", value)
+    leftover = re.findall(r"@[A-Z0-9_]+@", text)
+    if leftover:
+        raise ValueError(f"{template}: unfilled placeholders {leftover}")
+    dest.write_text(text)
+    return dest
+
+
+class Stack:
+    """The processes of one run, in start order."""
+
+    def __init__(self, run_dir: Path, repo: Path, python: str, drainwatch: str) -> None:
+        self.run_dir = run_dir
+        self.repo = repo
+        self.python = python
+        self.drainwatch_bin = drainwatch
+        self.procs: dict[str, Proc] = {}
+
+    # --- process plumbing -------------------------------------------------
+
+    def start(self, name: str, ns: str, argv: list[str]) -> Proc:
+        log = self.run_dir / f"{name}.log"
+        out = open(log, "ab")
+        popen = subprocess.Popen(topo.in_ns(ns, argv), stdout=out, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.run_dir)
+        out.close()
+        proc = Proc(name, popen, log)
+        self.procs[name] = proc
+        return proc
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.popen.poll() is not None:
+            return
+        proc.popen.send_signal(sig)
+        try:
+            proc.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            proc.popen.wait(timeout)
+
+    def stop_all(self) -> None:
+        # tcpdump gets SIGINT so it flushes the capture file cleanly.
+        for name in reversed(list(self.procs)):
+            self.stop(name, signal.SIGINT if name == "capture" else signal.SIGTERM)
+
+    def pid(self, name: str) -> int:
+        return self.procs[name].popen.pid
+
+    def alive(self, name: str) -> bool:
+        proc = self.procs.get(name)
+        return proc is not None and proc.popen.poll() is None
+
+    def check_alive(self) -> None:
+        dead = [p.name for p in self.procs.values() if p.popen.poll() is not None]
+        if dead:
+            raise RuntimeError(f"processes exited early: {dead} (see their logs in {self.run_dir})")
+
+    def wait_for(self, what: str, predicate, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            self.check_alive()
+            time.sleep(0.1)
+        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+    # --- components -------------------------------------------------------
+
+    def start_capture(self) -> Path:
+        """tcpdump on backend 1, all interfaces (the LB link and loopback)."""
+        pcap = self.run_dir / "b1.pcap"
+        ports = " or ".join(f"port {p}" for p in WATCHED_PORTS)
+        proc = self.start("capture", topo.B1, ["tcpdump", "-i", "any", "-n", "-U", "-s", "128",
+                                               "-w", str(pcap), f"tcp and ({ports})"])
+        self.wait_for("tcpdump", lambda: b"listening on" in proc.log.read_bytes(), 10)
+        return pcap
+
+    def start_backend(self, ns: str, name: str) -> None:
+        host_dir = self.run_dir / name
+        for sub in ("tmp",):
+            (host_dir / sub).mkdir(parents=True, exist_ok=True)
+        admin = host_dir / "app-admin.sock"
+        app = self.start(f"{name}-app", ns, [self.python, str(HERE / "app.py"), "--name", name,
+                                              "--port", str(APP_PORT), "--admin-socket", str(admin)])
+        self.wait_for(f"{name} app", lambda: b'"listening"' in app.log.read_bytes(), 20)
+        conf = render("nginx.conf", host_dir / "nginx.conf", RUN=str(host_dir), ADDR=topo.BACKEND_ADDRS[ns])
+        self.start(f"{name}-nginx", ns, ["nginx", "-c", str(conf), "-p", str(host_dir)])
+        self.wait_for(f"{name} nginx", lambda: self.health_ok(ns), 10)
+
+    def health_ok(self, ns: str) -> bool:
+        url = f"http://{topo.BACKEND_ADDRS[ns]}:{HEALTH_PORT}/healthz"
+        out = topo.run(topo.in_ns(ns, ["curl", "-s", "--max-time", "1", url]), check=False)
+        return out.strip() == "ok"
+
+    def start_haproxy(self) -> None:
+        conf = render("haproxy.cfg", self.run_dir / "haproxy.cfg", RUN=str(self.run_dir),
+                      FRONT=topo.LB_FRONT_ADDR, B1=topo.BACKEND_ADDRS[topo.B1], B2=topo.BACKEND_ADDRS[topo.B2])
+        self.start("haproxy", topo.LB, ["haproxy", "-db", "-f", str(conf)])
+        self.wait_for("haproxy servers UP", lambda: self._servers_up(), 15)
+
+    def _servers_up(self) -> bool:
+        if not (self.run_dir / "haproxy.sock").exists():
+            return False
+        return all(self.server_status(s) == "UP" for s in ("b1", "b2"))
+
+    def haproxy(self, command: str) -> str:
+        """One command on haproxy's runtime API (unix socket)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.run_dir / "haproxy.sock"))
+            sock.sendall(command.encode() + b"\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
+
+    def server_status(self, server: str) -> str:
+        for line in self.haproxy("show stat").splitlines():
+            fields = line.split(",")
+            if len(fields) > 17 and fields[0] == "be" and fields[1] == server:
+                return fields[17]
+        return ""
+
+    def app_admin(self, name: str, method: str, path: str, timeout: float = 30.0) -> dict:
+        conn = _UnixHTTPConnection(str(self.run_dir / name / "app-admin.sock"), timeout)
+        conn.request(method, path)
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+        conn.close()
+        return body
+
+    def start_drainwatch(self) -> None:
+        self.start("drainwatch", topo.B1, [
+            self.drainwatch_bin, *[a for p in WATCHED_PORTS for a in ("--watch.port", str(p))],
+            "--web.listen-address", DRAINWATCH_ADDR, "--sample.interval", f"{SAMPLE_INTERVAL:g}s"])
+        url = f"http://{DRAINWATCH_ADDR}/healthz"
+        self.wait_for("drainwatch /healthz", lambda: topo.run(
+            topo.in_ns(topo.B1, ["curl", "-sf", "--max-time", "1", url]), check=False) != "", 20)
+
+    def start_prometheus(self) -> None:
+        rules = str(self.repo / "alerts" / "*.yml")
+        conf = render("prometheus.yml", self.run_dir / "prometheus.yml", RULES=rules, TARGET=DRAINWATCH_ADDR)
+        self.start("prometheus", topo.LB, [
+            "prometheus", f"--config.file={conf}", f"--storage.tsdb.path={self.run_dir / 'prometheus-data'}",
+            f"--web.listen-address={PROMETHEUS_ADDR}", "--storage.tsdb.retention.time=1d"])
+        self.wait_for("prometheus target up", lambda: self._target_up(), 30)
+
+    def rule_files(self) -> list[str]:
+        return sorted(glob.glob(str(self.repo / "alerts" / "*.yml")))
+
+    def _target_up(self) -> bool:
+        try:
+            result = self.prom("query", {"query": 'up{job="drainwatch"}'})
+        except (RuntimeError, ValueError):
+            return False
+        return any(r["value"][1] == "1" for r in result)
+
+    def prom(self, endpoint: str, params: dict[str, str]) -> list:
+        """A Prometheus HTTP API query, run from inside the LB namespace."""
+        url = f"http://{PROMETHEUS_ADDR}/api/v1/{endpoint}?{urllib.parse.urlencode(params)}"
+        out = topo.run(topo.in_ns(topo.LB, ["curl", "-s", "--max-time", "10", url]), check=False)
+        reply = json.loads(out)
+        if reply.get("status") != "success":
+            raise RuntimeError(f"prometheus {endpoint} {params}: {reply}")
+        return reply["data"]["result"]
+
+    def start_clients(self, load: dict, duration: float, log: Path) -> None:
+        self.start("clients", topo.CLIENTS, [
+            self.python, str(HERE / "clients.py"), "--host", topo.LB_FRONT_ADDR, "--duration", f"{duration:.0f}",
+            "--api", str(load["api_clients"]), "--api-interval", *map(str, load["api_interval"]),
+            "--ws", str(load["ws_clients"]), "--short-rate", str(load["short_rate"]),
+            "--abort-rate", str(load.get("abort_rate", 0.0)), "--ramp", str(load["ramp"]),
+            "--seed", str(load.get("seed", 1)), "--log", str(log)])
+
+    def signal(self, name: str, sig: int) -> None:
+        os.kill(self.pid(name), sig)
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)

@@ -1,0 +1,149 @@
+"""Unit tests of the capture truth and the sampler model (run by run.sh first)."""
+
+from __future__ import annotations
+
+import struct
+import tempfile
+import unittest
+from pathlib import Path
+
+import compare
+import truth as tr
+
+SRV, LB = "10.250.11.2", "10.250.11.1"
+S, A, F, R = tr.SYN, tr.ACK, tr.FIN, tr.RST
+
+
+def pkt(t: float, inbound: bool, flags: int, peer_port: int = 40000, port: int = 80) -> tr.Packet:
+    if inbound:
+        return tr.Packet(t, LB, peer_port, SRV, port, flags)
+    return tr.Packet(t, SRV, port, LB, peer_port, flags)
+
+
+def handshake(t: float, peer_port: int = 40000) -> list[tr.Packet]:
+    return [pkt(t, True, S, peer_port), pkt(t + 0.001, False, S | A, peer_port), pkt(t + 0.002, True, A, peer_port)]
+
+
+def conns(packets: list[tr.Packet], **kw) -> list[tr.Conn]:
+    return tr.Capture(packets, [80], **kw).ports[80].conns
+
+
+class ConnectionLife(unittest.TestCase):
+    def test_server_close_first_enters_time_wait(self):
+        (c,) = conns(handshake(10.0) + [pkt(12.0, False, F | A), pkt(12.001, True, A), pkt(12.002, True, F | A)])
+        self.assertEqual((c.est, c.est_end, c.how), (10.002, 12.0, "server_fin_first"))
+        self.assertEqual((c.tw, c.gone), (12.002, 12.002 + tr.TIME_WAIT_SECONDS))
+
+    def test_peer_close_first_ends_at_last_ack(self):
+        (c,) = conns(handshake(10.0) + [pkt(12.0, True, F | A), pkt(12.001, False, A),
+                                        pkt(12.2, False, F | A), pkt(12.201, True, A)])
+        self.assertEqual((c.how, c.tw, c.gone), ("peer_fin_first", None, 12.201))
+
+    def test_reset_ends_the_socket(self):
+        (c,) = conns(handshake(10.0) + [pkt(11.0, True, R | A), pkt(11.5, True, A)])
+        self.assertEqual((c.how, c.gone, c.est_end), ("rst_in", 11.0, 11.0))
+
+    def test_refused_syn_is_not_a_connection(self):
+        capture = tr.Capture([pkt(10.0, True, S), pkt(10.001, False, R | A)], [80])
+        self.assertEqual((capture.ports[80].conns[0].est, capture.ports[80].rst_out_without_socket), (None, 0))
+        capture = tr.Capture([pkt(10.001, False, R | A)], [80])
+        self.assertEqual(capture.ports[80].rst_out_without_socket, 1)
+
+    def test_syn_reusing_a_time_wait_tuple_starts_a_new_connection(self):
+        first = handshake(10.0) + [pkt(11.0, False, F | A), pkt(11.002, True, F | A)]
+        a, b = conns(first + handshake(20.0))
+        self.assertEqual((a.gone, b.est), (20.0, 20.002))
+
+    def test_loopback_side_is_told_by_port(self):
+        packets = [tr.Packet(1.0, "127.0.0.1", 50000, "127.0.0.1", 8080, S),
+                   tr.Packet(1.001, "127.0.0.1", 8080, "127.0.0.1", 50000, S | A),
+                   tr.Packet(1.002, "127.0.0.1", 50000, "127.0.0.1", 8080, A)]
+        (c,) = tr.Capture(packets, [8080]).ports[8080].conns
+        self.assertEqual((c.peer, c.est), (("127.0.0.1", 50000), 1.002))
+
+
+class Drops(unittest.TestCase):
+    def test_dropped_packets_are_ignored_and_the_flow_becomes_uncertain(self):
+        window = tr.DropWindow(20.0, 40.0, flows=frozenset({(80, LB, 40000)}))
+        packets = handshake(10.0) + [pkt(25.0, True, F | A), pkt(41.0, True, F | A), pkt(41.0, False, R)]
+        capture = tr.Capture(packets, [80], [window], retries2=5)
+        (c,) = capture.ports[80].conns
+        self.assertEqual(c.fin_in, 41.0)  # the FIN at 25 never reached the socket
+        self.assertEqual(c.uncertain, (20.0 + tr.retransmission_timeout(5), 41.0))
+        est = tr.Established(capture.ports[80].conns)
+        self.assertEqual(est.range(30.0, 30.0), (1, 1))  # before the earliest give-up: certain
+        self.assertEqual(est.range(35.0, 35.0), (0, 1))  # may have timed out
+        self.assertEqual(est.range(42.0, 42.0), (0, 0))
+
+    def test_retransmission_timeout_matches_the_kernel_model(self):
+        self.assertAlmostEqual(tr.retransmission_timeout(5), 12.6)
+        self.assertAlmostEqual(tr.retransmission_timeout(15), 924.6, places=1)
+
+
+class SamplerModel(unittest.TestCase):
+    samples = [float(s) for s in range(0, 100)]
+
+    def events(self, packets):
+        return tr.sampled_events(conns(packets), self.samples, skew=0.02)
+
+    def test_short_peer_closed_connection_between_samples_is_invisible(self):
+        packets = handshake(10.1) + [pkt(10.3, True, F | A), pkt(10.4, False, F | A), pkt(10.401, True, A)]
+        self.assertEqual(self.events(packets), {"opened": [], "closed": []})
+
+    def test_short_server_closed_connection_is_seen_in_time_wait(self):
+        packets = handshake(10.1) + [pkt(10.3, False, F | A), pkt(10.301, True, F | A)]
+        ev = self.events(packets)
+        self.assertEqual(ev["opened"], [tr.Event(11.0, 11.0, True)])
+        self.assertEqual(ev["closed"], [tr.Event(11.0, 11.0, True)])
+
+    def test_long_connection_counted_at_first_and_after_last_sight(self):
+        packets = handshake(10.5) + [pkt(15.5, True, R)]
+        ev = self.events(packets)
+        self.assertEqual((ev["opened"], ev["closed"]), ([tr.Event(11.0, 11.0, True)], [tr.Event(16.0, 16.0, True)]))
+        self.assertEqual(tr.count_in(ev["opened"], 10.0, 11.0), (1, 1))
+        self.assertEqual(tr.count_in(ev["opened"], 11.0, 20.0), (0, 0))
+
+    def test_event_within_skew_of_a_sample_is_a_range(self):
+        ev = self.events(handshake(10.95) + [pkt(15.5, True, R)])
+        self.assertEqual(ev["opened"], [tr.Event(11.0, 11.0, True)])
+        ev = self.events(handshake(10.99) + [pkt(15.5, True, R)])
+        self.assertEqual(ev["opened"], [tr.Event(11.0, 12.0, True)])
+        ev = self.events(handshake(11.01) + [pkt(15.5, True, R)])
+        self.assertEqual(ev["opened"], [tr.Event(11.0, 12.0, True)])
+        self.assertEqual(tr.count_in(ev["opened"], 10.0, 11.0), (0, 1))
+
+
+class Pcap(unittest.TestCase):
+    def test_reads_sll2_frames(self):
+        ip = bytes([0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 10, 250, 11, 1, 10, 250, 11, 2])
+        tcp = struct.pack(">HHIIBBHHH", 40000, 80, 1, 0, 0x50, S, 64240, 0, 0)
+        sll2 = struct.pack(">HHIHBB8s", 0x0800, 0, 2, 1, 0, 6, b"")
+        frame = sll2 + ip + tcp
+        data = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 128, 276)
+        data += struct.pack("<IIII", 100, 250000, len(frame), len(frame)) + frame
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "x.pcap"
+            path.write_bytes(data)
+            (p,) = list(tr.read_pcap(path))
+        self.assertEqual(p, tr.Packet(100.25, LB, 40000, SRV, 80, S))
+
+
+class Samples(unittest.TestCase):
+    def test_a_sample_no_scrape_saw_is_put_in_its_gap(self):
+        samples = [compare.Sample(t) for t in (10.3, 11.3, 13.3, 14.3)]
+        self.assertEqual(compare.sample_instants(samples, 1.0), [10.3, 11.3, 12.3, 13.3, 14.3])
+
+    def test_query_results_join_on_the_step_and_dedupe_on_sample_time(self):
+        results = {
+            "timestamp": [{"metric": {}, "values": [[1, "0.5"], [2, "0.5"], [3, "2.5"]]}],
+            "established": [{"metric": {"port": "80"}, "values": [[1, "7"], [2, "7"], [3, "9"]]}],
+            "opened": [{"metric": {"port": "80"}, "values": [[3, "4"]]}],
+        }
+        samples = compare.samples_from(results)
+        self.assertEqual([s.t for s in samples], [0.5, 2.5])
+        self.assertEqual([s.get("established", 80) for s in samples], [7, 9])
+        self.assertEqual([s.get("opened", 80) for s in samples], [0, 4])
+
+
+if __name__ == "__main__":
+    unittest.main()
