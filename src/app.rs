@@ -10,9 +10,10 @@ use arc_swap::ArcSwap;
 
 use crate::config::Config;
 use crate::exposition::http::{app, AppState};
-use crate::exposition::metrics::{Published, SelfStats, SharedState};
+use crate::exposition::metrics::{ConnectionInfo, Published, SelfStats, SharedState};
 use crate::model::classify::Classifier;
 use crate::model::socket::Snapshot;
+use crate::model::tracker::idle_ms;
 use crate::model::watch::{PortSelection, Watch};
 use crate::model::Model;
 use crate::source::procfs::{read_host_counters, HostCounters};
@@ -20,6 +21,7 @@ use crate::source::sampler::Sampler;
 
 const SOCK_DIAG: usize = 0;
 const PROCFS: usize = 1;
+const DESTROY_EVENTS: usize = 2;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = match option_env!("DRAINWATCH_REVISION") {
@@ -36,13 +38,12 @@ pub struct Pipeline {
     snapshot: Snapshot,
     host: Option<HostCounters>,
     stats: SelfStats,
-    logged_failure: [bool; 2],
+    logged_failure: [bool; 3],
 }
 
 impl Pipeline {
     pub fn new(config: Config) -> Self {
-        let classifier =
-            Classifier::from_port_rules(config.class_rules.iter().map(|(p, c)| (*p, c.as_str())));
+        let classifier = Classifier::new(&config.class_rules, config.thresholds);
         let selection = if config.ports.is_empty() {
             PortSelection::Discover {
                 max_ports: config.max_ports,
@@ -50,15 +51,34 @@ impl Pipeline {
         } else {
             PortSelection::Configured(config.ports.clone())
         };
+        let mut stats = SelfStats::default();
+        let mut logged_failure = [false; 3];
+        let sampler = if config.destroy_events {
+            let (sampler, error) = Sampler::with_events();
+            match error {
+                None => stats.source_up[DESTROY_EVENTS] = true,
+                Some(e) => {
+                    tracing::warn!(
+                        "{e}; counting from dumps only (closes and openings between samples are missed)"
+                    );
+                    stats.source_errors[DESTROY_EVENTS] += 1;
+                    logged_failure[DESTROY_EVENTS] = true;
+                }
+            }
+            sampler
+        } else {
+            Sampler::new()
+        };
+        stats.events_subscribed = sampler.events_subscribed();
         Pipeline {
             config,
-            sampler: Sampler::new(),
+            sampler,
             watch: Watch::new(selection),
             model: Model::new(classifier),
             snapshot: Snapshot::default(),
             host: None,
-            stats: SelfStats::default(),
-            logged_failure: [false; 2],
+            stats,
+            logged_failure,
         }
     }
 
@@ -92,7 +112,17 @@ impl Pipeline {
             .sample(&mut self.watch, &draining, &mut self.snapshot)
         {
             Ok(selected) => {
+                if let Some(drained) = self.sampler.drain_events(&mut self.snapshot) {
+                    if drained.overflowed {
+                        self.stats.events_overflows += 1;
+                    }
+                    if drained.undecodable > 0 {
+                        self.stats.source_errors[DESTROY_EVENTS] += drained.undecodable;
+                    }
+                    self.stats.destroy_events += drained.received;
+                }
                 self.model.observe(&self.snapshot);
+                self.stats.events_missed = self.model.tracker.missed_events();
                 if self.watch.discovers() {
                     let watched: BTreeSet<u16> = selected.ports.iter().copied().collect();
                     self.model.aggregates.retain_ports(|p| watched.contains(&p));
@@ -131,11 +161,19 @@ impl Pipeline {
     }
 
     pub fn published(&self) -> Published {
-        publish(&self.model, self.host.clone(), self.stats.clone())
+        let mut published = publish(&self.model, self.host.clone(), self.stats.clone());
+        if self.config.connections_api {
+            published.connections = Some(Arc::new(connection_list(&self.model, &self.snapshot)));
+        }
+        published
     }
 
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
+    }
+
+    pub fn stats(&self) -> &SelfStats {
+        &self.stats
     }
 
     pub fn model(&self) -> &Model {
@@ -146,6 +184,7 @@ impl Pipeline {
 /// What a scrape shows for `model`, the host counters and the self statistics.
 pub fn publish(model: &Model, host: Option<HostCounters>, stats: SelfStats) -> Published {
     Published {
+        connections: None,
         aggregates: model.aggregates.clone(),
         classes: model.classifier.table().clone(),
         host,
@@ -153,6 +192,38 @@ pub fn publish(model: &Model, host: Option<HostCounters>, stats: SelfStats) -> P
         version: VERSION,
         revision: REVISION,
     }
+}
+
+/// The open connections of the last sample with their class and its evidence.
+pub fn connection_list(model: &Model, snapshot: &Snapshot) -> Vec<ConnectionInfo> {
+    let now = snapshot.taken_at.monotonic_ms;
+    let states = crate::model::socket::GAUGE_STATES;
+    snapshot
+        .sockets
+        .iter()
+        .zip(model.views())
+        .filter(|(r, v)| v.counted && v.first_seen_ms.is_some() && r.state.is_open())
+        .map(|(r, v)| {
+            let age_ms = now.saturating_sub(v.first_seen_ms.unwrap_or(now));
+            ConnectionInfo {
+                port: r.local_port,
+                peer: std::net::SocketAddr::new(r.remote_addr, r.remote_port),
+                state: r.state.gauge_index().map(|i| states[i]).unwrap_or("other"),
+                class: model.classifier.table().name(v.class).to_string(),
+                reason: v.evidence.reason.label(),
+                server_pushes: v.evidence.pushes,
+                stream_samples: v.evidence.stream_run,
+                age_seconds: age_ms as f64 / 1000.0,
+                age_is_lower_bound: v.preexisting,
+                idle_seconds: r
+                    .info
+                    .as_ref()
+                    .map(|i| idle_ms(i, age_ms, v.preexisting) as f64 / 1000.0)
+                    .unwrap_or(0.0),
+                retransmitting: r.is_retransmitting(),
+            }
+        })
+        .collect()
 }
 
 /// Runs the sampler on its own OS thread until `stop` is set, publishing after every sample.

@@ -4,13 +4,15 @@
 //! Every error names what was wrong: for the file, the path, the line and the key. `main` turns
 //! any [`ConfigError`] into exit status 2, the status clap uses for bad flags.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
+
+use crate::model::classify::{Network, Rule, Thresholds};
 
 pub const DEFAULT_LISTEN_ADDRESS: &str = "0.0.0.0:9977";
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -39,7 +41,7 @@ pub enum Command {
         file: PathBuf,
     },
     /// Sample the kernel in-process, without serving, and print the result and timings.
-    Sample(SampleArgs),
+    Sample(Box<SampleArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +76,34 @@ pub struct RunArgs {
     /// Class of the connections of a port (repeatable), e.g. 8081=websocket.
     #[arg(long = "class.port", value_name = "PORT=CLASS", value_parser = parse_class_rule)]
     pub class_rules: Vec<(u16, String)>,
+    /// Class of the connections from a peer network on a port (repeatable), e.g.
+    /// 10.250.2.0/24@80=probe.
+    #[arg(long = "class.peer", value_name = "CIDR@PORT=CLASS", value_parser = parse_peer_rule)]
+    pub peer_rules: Vec<Rule>,
+    /// Unsolicited server transmissions that make a connection `websocket` [default: 1].
+    #[arg(long = "classify.push-episodes", value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    pub push_episodes: Option<u8>,
+    /// Samples of server-only transmission after a response that make a stream [default: 5].
+    #[arg(long = "classify.stream-samples", value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    pub stream_samples: Option<u8>,
+    /// Idle time beyond which an open connection is no HTTP keep-alive [default: 80s].
+    #[arg(long = "classify.http-idle-timeout", value_name = "DURATION", value_parser = parse_threshold)]
+    pub http_idle_timeout: Option<Duration>,
+    /// Age beyond which an open connection is no HTTP keep-alive [default: 1h].
+    #[arg(long = "classify.http-max-lifetime", value_name = "DURATION", value_parser = parse_threshold)]
+    pub http_max_lifetime: Option<Duration>,
+    /// A connection closing within this time without payload is a probe [default: 1s].
+    #[arg(long = "classify.probe-max-lifetime", value_name = "DURATION", value_parser = parse_threshold)]
+    pub probe_max_lifetime: Option<Duration>,
+    /// Payload bytes a probe may carry each way [default: 0].
+    #[arg(long = "classify.probe-max-bytes", value_name = "BYTES")]
+    pub probe_max_bytes: Option<u64>,
+    /// Subscribe to sock_diag destroy events (needs CAP_NET_ADMIN) [default: true].
+    #[arg(long = "source.destroy-events", value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub destroy_events: Option<bool>,
+    /// Serve GET /api/v1/connections (lists peer addresses; off by default).
+    #[arg(long = "web.enable-connections-api")]
+    pub connections_api: bool,
     /// Root of the proc filesystem [default: /proc].
     #[arg(long = "path.procfs", value_name = "PATH")]
     pub procfs: Option<PathBuf>,
@@ -87,8 +117,11 @@ pub struct Config {
     /// Empty: discover listening ports.
     pub ports: BTreeSet<u16>,
     pub max_ports: usize,
-    /// Port -> class name.
-    pub class_rules: BTreeMap<u16, String>,
+    /// Class rules, port rules and peer rules.
+    pub class_rules: Vec<Rule>,
+    pub thresholds: Thresholds,
+    pub connections_api: bool,
+    pub destroy_events: bool,
     pub procfs: PathBuf,
 }
 
@@ -99,7 +132,10 @@ impl Default for Config {
             interval: DEFAULT_INTERVAL,
             ports: BTreeSet::new(),
             max_ports: DEFAULT_MAX_PORTS,
-            class_rules: BTreeMap::new(),
+            class_rules: Vec::new(),
+            thresholds: Thresholds::default(),
+            connections_api: false,
+            destroy_events: true,
             procfs: PathBuf::from("/proc"),
         }
     }
@@ -134,12 +170,29 @@ struct FileConfig {
     path: FilePath,
     #[serde(default, rename = "class")]
     classes: Vec<FileClassRule>,
+    #[serde(default)]
+    classify: FileClassify,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileClassify {
+    push_episodes: Option<u8>,
+    stream_samples: Option<u8>,
+    #[serde(default, deserialize_with = "de_threshold")]
+    http_idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_threshold")]
+    http_max_lifetime: Option<Duration>,
+    #[serde(default, deserialize_with = "de_threshold")]
+    probe_max_lifetime: Option<Duration>,
+    probe_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileWeb {
     listen_address: Option<SocketAddr>,
+    enable_connections_api: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +221,8 @@ struct FilePath {
 struct FileClassRule {
     #[serde(deserialize_with = "de_port")]
     port: u16,
+    #[serde(default, deserialize_with = "de_network")]
+    peer: Option<Network>,
     class: String,
 }
 
@@ -218,6 +273,44 @@ fn parse_class_rule(s: &str) -> Result<(u16, String), String> {
         .split_once('=')
         .ok_or_else(|| format!("{s:?} is not PORT=CLASS"))?;
     Ok((parse_port(port)?, parse_class_name(class.trim())?))
+}
+
+/// Parses a classifier threshold duration: from 0 to 30 days.
+pub fn parse_threshold(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration (e.g. 75s, 1h): {e}"))?;
+    if d > Duration::from_secs(30 * 86400) {
+        return Err(format!("{s:?} is longer than 30 days"));
+    }
+    Ok(d)
+}
+
+fn parse_peer_rule(s: &str) -> Result<Rule, String> {
+    let (target, class) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{s:?} is not CIDR@PORT=CLASS"))?;
+    let (net, port) = target
+        .rsplit_once('@')
+        .ok_or_else(|| format!("{s:?} is not CIDR@PORT=CLASS"))?;
+    Ok(Rule {
+        port: parse_port(port)?,
+        peer: Some(Network::parse(net)?),
+        class: parse_class_name(class.trim())?,
+    })
+}
+
+fn de_threshold<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_threshold(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn de_network<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Network>, D::Error> {
+    let s = String::deserialize(d)?;
+    Network::parse(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 fn de_interval<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -309,13 +402,16 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         if let Err(message) = parse_class_name(&rule.class) {
             return Err(file_error(path, &text, "class", &rule.class, message));
         }
-        if !seen.insert(rule.port) {
+        if !seen.insert((rule.port, rule.peer.map(|n| (n.addr, n.prefix)))) {
             return Err(file_error(
                 path,
                 &text,
                 "port",
                 &rule.port.to_string(),
-                format!("port {} has more than one class rule", rule.port),
+                format!(
+                    "port {} has more than one class rule for the same peers",
+                    rule.port
+                ),
             ));
         }
     }
@@ -384,18 +480,56 @@ impl Config {
             )));
         }
         for rule in file.classes {
-            config.class_rules.insert(rule.port, rule.class);
+            config.class_rules.push(Rule {
+                port: rule.port,
+                peer: rule.peer,
+                class: rule.class,
+            });
         }
         for (port, class) in &args.class_rules {
-            config.class_rules.insert(*port, class.clone());
+            config
+                .class_rules
+                .retain(|r| !(r.port == *port && r.peer.is_none()));
+            config.class_rules.push(Rule {
+                port: *port,
+                peer: None,
+                class: class.clone(),
+            });
         }
-        let classes: BTreeSet<&String> = config.class_rules.values().collect();
+        config.class_rules.extend(args.peer_rules.iter().cloned());
+        let classes: BTreeSet<&String> = config.class_rules.iter().map(|r| &r.class).collect();
         if classes.len() > MAX_CLASSES {
             return Err(ConfigError::Invalid(format!(
                 "{} classes configured; at most {MAX_CLASSES} keep the label set bounded",
                 classes.len()
             )));
         }
+        let c = &file.classify;
+        let t = &mut config.thresholds;
+        let ms = |d: Duration| d.as_millis() as u64;
+        if let Some(v) = args.push_episodes.or(c.push_episodes) {
+            t.push_episodes = v.max(1);
+        }
+        if let Some(v) = args.stream_samples.or(c.stream_samples) {
+            t.stream_samples = v.max(1);
+        }
+        if let Some(v) = args.http_idle_timeout.or(c.http_idle_timeout) {
+            t.http_idle_timeout_ms = ms(v);
+        }
+        if let Some(v) = args.http_max_lifetime.or(c.http_max_lifetime) {
+            t.http_max_lifetime_ms = ms(v);
+        }
+        if let Some(v) = args.probe_max_lifetime.or(c.probe_max_lifetime) {
+            t.probe_max_lifetime_ms = ms(v);
+        }
+        if let Some(v) = args.probe_max_bytes.or(c.probe_max_bytes) {
+            t.probe_max_bytes = v;
+        }
+        if let Some(v) = args.destroy_events {
+            config.destroy_events = v;
+        }
+        config.connections_api =
+            args.connections_api || file.web.enable_connections_api.unwrap_or(false);
         if let Some(p) = args.procfs.clone().or(file.path.procfs) {
             config.procfs = p;
         }

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
             }
             Err(e) => config_error(e),
         },
-        Some(Command::Sample(args)) => sample(args),
+        Some(Command::Sample(args)) => sample(*args),
         None => {
             let config = match Config::from_cli(&cli.run) {
                 Ok(c) => c,

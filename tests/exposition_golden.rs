@@ -37,8 +37,10 @@ fn render(scenario: &str) -> (String, String) {
         stats.sampled_sockets = (snapshot.sockets.len() + snapshot.listeners.len()) as u64;
     }
     stats.tracked_connections = model.tracker.tracked() as u64;
-    stats.source_up = [true, true];
-    stats.source_errors = [1, 0];
+    stats.source_up = [true, true, true];
+    stats.events_subscribed = true;
+    stats.destroy_events = 42;
+    stats.source_errors = [1, 0, 0];
     let host = read_host_counters(&root().join("tests/fixtures/proc")).unwrap();
     let mut published = publish(&model, Some(host), stats);
     published.revision = "golden";
@@ -93,26 +95,51 @@ fn drain_scenario_numbers() {
             .parse()
             .unwrap()
     };
-    // Port 80: cookies 1 and 2 opened; 4 opened and closed between samples (TIME_WAIT only).
+    let port80 =
+        |metric: &str, class: &str| value(&format!("{metric}{{port=\"80\",class=\"{class}\"}}"));
+    // Port 80: keep-alives 1, 2 and 5 opened as http, and a short request seen only in its
+    // destroy event (its TIME_WAIT socket is not counted again); cookie 5 became a websocket
+    // when the server pushed; the two load balancer probes were seen only in destroy events.
+    assert_eq!(port80("drainwatch_connections_opened_total", "http"), 4.0);
+    assert_eq!(port80("drainwatch_connections_opened_total", "probe"), 2.0);
     assert_eq!(
-        value(r#"drainwatch_connections_opened_total{port="80",class="unclassified"}"#),
-        3.0
+        port80("drainwatch_connections_opened_total", "unclassified"),
+        0.0
     );
-    // Cookie 1 entered TIME_WAIT, cookie 4 was only seen in TIME_WAIT; cookie 2 still drains.
     assert_eq!(
-        value(r#"drainwatch_connections_closed_total{port="80",class="unclassified"}"#),
-        2.0
+        port80("drainwatch_connections_opened_total", "websocket"),
+        0.0
     );
     assert_eq!(
-        value(r#"drainwatch_connection_duration_seconds_count{port="80",class="unclassified"}"#),
+        value(r#"drainwatch_connections_upgraded_total{port="80"}"#),
+        1.0
+    );
+    assert_eq!(port80("drainwatch_connections_closed_total", "http"), 2.0);
+    assert_eq!(
+        port80("drainwatch_connections_closed_total", "websocket"),
+        1.0
+    );
+    assert_eq!(port80("drainwatch_connections_closed_total", "probe"), 2.0);
+    assert_eq!(
+        port80("drainwatch_connection_duration_seconds_count", "websocket"),
         1.0
     );
     assert_eq!(
-        value(r#"drainwatch_connections{port="80",class="unclassified",state="last_ack"}"#),
+        port80("drainwatch_connection_duration_seconds_sum", "websocket"),
+        74.0
+    );
+    // Cookie 2 is still draining, in LAST_ACK, after the listener went away.
+    assert_eq!(
+        value(r#"drainwatch_connections{port="80",class="http",state="last_ack"}"#),
         1.0
+    );
+    assert_eq!(
+        port80("drainwatch_oldest_connection_age_seconds", "http"),
+        74.0
     );
     assert_eq!(value(r#"drainwatch_listening{port="80"}"#), 0.0);
-    // Port 8081: cookie 100 predates us (closed, no lifetime), 101 opened and closed.
+    // Port 8081 (ruled websocket): cookie 100 predates us (closed, no lifetime), 101 opened
+    // and closed.
     assert_eq!(
         value(r#"drainwatch_connections_opened_total{port="8081",class="websocket"}"#),
         1.0
@@ -125,10 +152,7 @@ fn drain_scenario_numbers() {
         value(r#"drainwatch_connection_duration_seconds_sum{port="8081",class="websocket"}"#),
         74.0
     );
-    assert_eq!(
-        value(r#"drainwatch_oldest_connection_age_seconds{port="80",class="unclassified"}"#),
-        74.0
-    );
+    assert_eq!(value("drainwatch_sampled_sockets"), 2.0);
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use axum::body::{to_bytes, Body};
 use axum::http::{header, Request, StatusCode};
-use drainwatch::app::publish;
+use drainwatch::app::{connection_list, publish};
 use drainwatch::exposition::http::{app, AppState, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 use drainwatch::exposition::metrics::{Published, SelfStats, SharedState};
 use drainwatch::model::classify::Classifier;
@@ -31,7 +31,7 @@ listeners = [{ port = 8080 }]
 [[sample]]
 at = "1s"
 listeners = [{ port = 8080 }]
-sockets = [{ cookie = 1, state = "established", port = 8080, peer = "10.250.0.1:40001" }]
+sockets = [{ cookie = 1, state = "established", port = 8080, peer = "10.250.0.1:40001", segs_in = 1, segs_out = 1 }]
 "#;
 
 async fn get(state: SharedState, uri: &str, accept: Option<&str>) -> (StatusCode, String, String) {
@@ -62,9 +62,8 @@ async fn metrics_are_openmetrics_for_prometheus() {
     assert_eq!(ctype, OPENMETRICS_CONTENT_TYPE);
     assert!(body.ends_with("# EOF\n"));
     assert!(body.contains("# TYPE drainwatch_connections_opened counter\n"));
-    assert!(body.contains(
-        "drainwatch_connections{port=\"8080\",class=\"unclassified\",state=\"established\"} 1"
-    ));
+    assert!(body
+        .contains("drainwatch_connections{port=\"8080\",class=\"http\",state=\"established\"} 1"));
 }
 
 #[tokio::test]
@@ -74,8 +73,7 @@ async fn metrics_are_prometheus_text_for_other_clients() {
     assert_eq!(ctype, TEXT_CONTENT_TYPE);
     assert!(!body.contains("# EOF"));
     assert!(body.contains("# TYPE drainwatch_connections_opened_total counter\n"));
-    assert!(body
-        .contains("drainwatch_connections_opened_total{port=\"8080\",class=\"unclassified\"} 1\n"));
+    assert!(body.contains("drainwatch_connections_opened_total{port=\"8080\",class=\"http\"} 1\n"));
 }
 
 #[tokio::test]
@@ -100,4 +98,73 @@ async fn index_lists_endpoints_and_watched_ports() {
 async fn unknown_paths_are_404() {
     let (status, _, _) = get(state_after(ONE_PORT), "/nope", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn connections_api_is_off_by_default() {
+    let (status, _, body) = get(state_after(ONE_PORT), "/api/v1/connections", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("--web.enable-connections-api"));
+}
+
+#[tokio::test]
+async fn connections_api_explains_each_class() {
+    let snapshots = parse_scenario(
+        r#"
+        watched = [80, 8080]
+        [[sample]]
+        at = "0s"
+        listeners = [{ port = 80 }, { port = 8080 }]
+        [[sample]]
+        at = "1s"
+        listeners = [{ port = 80 }, { port = 8080 }]
+        sockets = [
+          { cookie = 1, state = "established", port = 80, peer = "10.250.0.1:40001", segs_in = 1, segs_out = 1 },
+          { cookie = 2, state = "established", port = 8080, peer = "10.250.0.1:40002", segs_in = 1, segs_out = 1 },
+        ]
+        [[sample]]
+        at = "2s"
+        listeners = [{ port = 80 }, { port = 8080 }]
+        sockets = [
+          { cookie = 1, state = "established", port = 80, peer = "10.250.0.1:40001", segs_in = 1, segs_out = 1 },
+          { cookie = 2, state = "established", port = 8080, peer = "10.250.0.1:40002", segs_in = 1, segs_out = 1 },
+        ]
+        [[sample]]
+        at = "3s"
+        listeners = [{ port = 80 }, { port = 8080 }]
+        sockets = [
+          { cookie = 1, state = "established", port = 80, peer = "10.250.0.1:40001", segs_in = 1, segs_out = 2, idle_ms = 500 },
+          { cookie = 2, state = "established", port = 8080, peer = "10.250.0.1:40002", segs_in = 2, segs_out = 2 },
+        ]
+        "#,
+    )
+    .unwrap();
+    let mut model = Model::new(Classifier::default());
+    for s in &snapshots {
+        model.observe(s);
+    }
+    let mut published = publish(&model, None, SelfStats::default());
+    published.connections = Some(Arc::new(connection_list(&model, snapshots.last().unwrap())));
+    let state: SharedState = Arc::new(ArcSwap::from_pointee(published));
+
+    let (status, ctype, body) = get(state.clone(), "/api/v1/connections?port=80", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ctype, "application/json");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["count"], 1);
+    let c = &json["connections"][0];
+    assert_eq!(c["peer"], "10.250.0.1:40001");
+    assert_eq!(c["class"], "websocket");
+    assert_eq!(c["reason"], "server push without request");
+    assert_eq!(c["server_pushes"], 1);
+    assert_eq!(c["age_seconds"], 2.0);
+    assert_eq!(c["idle_seconds"], 0.5);
+
+    let (_, _, body) = get(state.clone(), "/api/v1/connections", None).await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["count"], 2);
+    assert_eq!(json["connections"][1]["class"], "http");
+
+    let (status, _, _) = get(state, "/api/v1/connections?port=70000", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 }

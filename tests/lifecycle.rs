@@ -1,35 +1,12 @@
 //! The tracker and aggregates on scripted snapshot sequences: no kernel, no clock, no sleeps.
 //! Every expectation is an exact count.
 
-use drainwatch::model::aggregate::{ClassAggregate, OPEN_BOUNDS};
+mod common;
+
+use common::{all, class_of, replay};
+use drainwatch::model::aggregate::OPEN_BOUNDS;
 use drainwatch::model::classify::Classifier;
-use drainwatch::model::tracker::LifecycleEvent;
-use drainwatch::model::Model;
 use drainwatch::source::replay::parse_scenario;
-
-/// Replays `scenario` and returns the model and every sample's events.
-fn replay(scenario: &str, classifier: Classifier) -> (Model, Vec<Vec<LifecycleEvent>>) {
-    let snapshots = parse_scenario(scenario).expect("scenario parses");
-    let mut model = Model::new(classifier);
-    let events = snapshots
-        .iter()
-        .map(|s| model.observe(s).to_vec())
-        .collect();
-    (model, events)
-}
-
-fn class_of(model: &Model, port: u16, class: &str) -> ClassAggregate {
-    let pa = &model.aggregates.ports[&port];
-    pa.classes
-        .iter()
-        .find(|(id, _)| model.classifier.table().name(**id) == class)
-        .map(|(_, ca)| ca.clone())
-        .unwrap_or_else(|| panic!("no class {class} on port {port}"))
-}
-
-fn unclassified(model: &Model, port: u16) -> ClassAggregate {
-    class_of(model, port, "unclassified")
-}
 
 const ESTABLISHED: usize = 0;
 const SYN_RECV: usize = 1;
@@ -49,31 +26,32 @@ fn open_then_close_counts_once_with_lifetime() {
         at = "1s"
         listeners = [{ port = 8080 }]
         sockets = [
-          { cookie = 1, state = "established", port = 8080, peer = "10.250.0.1:40001" },
-          { cookie = 2, state = "established", port = 8080, peer = "10.250.0.1:40002" },
+          { cookie = 1, state = "established", port = 8080, peer = "10.250.0.1:40001", segs_in = 1, segs_out = 1 },
+          { cookie = 2, state = "established", port = 8080, peer = "10.250.0.1:40002", segs_in = 1, segs_out = 1 },
         ]
         [[sample]]
         at = "3500ms"
         listeners = [{ port = 8080 }]
         sockets = [
-          { cookie = 2, state = "established", port = 8080, peer = "10.250.0.1:40002" },
+          { cookie = 2, state = "established", port = 8080, peer = "10.250.0.1:40002", segs_in = 1, segs_out = 1 },
         ]
         "#,
         Classifier::default(),
     );
     assert_eq!(events[1].len(), 2, "two openings in sample 2");
     assert_eq!(events[2].len(), 1, "one close in sample 3");
-    let ca = unclassified(&model, 8080);
+    let ca = all(&model, 8080);
     assert_eq!(ca.opened_total, 2);
     assert_eq!(ca.closed_total, 1);
     assert_eq!(ca.states[ESTABLISHED], 1);
     assert_eq!(ca.lifetime.count, 1);
     assert_eq!(ca.lifetime.sum, 2.5);
     // 2.5 s falls in the le=2.5 bucket and not in le=1.
-    let cumulative = ca.lifetime.cumulative();
+    let cumulative = class_of(&model, 8080, "http").lifetime.cumulative();
     assert_eq!(cumulative.iter().find(|(b, _)| *b == 1.0).unwrap().1, 0);
     assert_eq!(cumulative.iter().find(|(b, _)| *b == 2.5).unwrap().1, 1);
-    assert_eq!(model.tracker.tracked(), 1);
+    // Cookie 2, and cookie 1's tombstone, kept one sample for a late destroy event.
+    assert_eq!(model.tracker.tracked(), 2);
 }
 
 #[test]
@@ -84,14 +62,14 @@ fn connections_open_before_the_first_sample_are_preexisting() {
         [[sample]]
         at = "0s"
         listeners = [{ port = 8080 }]
-        sockets = [{ cookie = 7, state = "established", port = 8080, peer = "10.250.0.1:40001" }]
+        sockets = [{ cookie = 7, state = "established", port = 8080, peer = "10.250.0.1:40001", segs_in = 1, segs_out = 1 }]
         [[sample]]
         at = "10s"
         listeners = [{ port = 8080 }]
         "#,
         Classifier::default(),
     );
-    let ca = unclassified(&model, 8080);
+    let ca = all(&model, 8080);
     assert_eq!(
         ca.opened_total, 0,
         "an opening we did not see is not counted"
@@ -111,15 +89,15 @@ fn state_changes_move_gauges_and_close_counts_at_disappearance() {
         [[sample]]
         at = "1s"
         listeners = [{ port = 8080 }]
-        sockets = [{ cookie = 1, state = "established", port = 8080, peer = "10.250.0.1:40001" }]
+        sockets = [{ cookie = 1, state = "established", port = 8080, peer = "10.250.0.1:40001", segs_in = 1, segs_out = 1 }]
         [[sample]]
         at = "2s"
         listeners = [{ port = 8080 }]
-        sockets = [{ cookie = 1, state = "close_wait", port = 8080, peer = "10.250.0.1:40001" }]
+        sockets = [{ cookie = 1, state = "close_wait", port = 8080, peer = "10.250.0.1:40001", segs_in = 1, segs_out = 1 }]
         [[sample]]
         at = "3s"
         listeners = [{ port = 8080 }]
-        sockets = [{ cookie = 1, state = "last_ack", port = 8080, peer = "10.250.0.1:40001" }]
+        sockets = [{ cookie = 1, state = "last_ack", port = 8080, peer = "10.250.0.1:40001", segs_in = 1, segs_out = 1 }]
         "#,
         Classifier::default(),
     );
@@ -127,7 +105,7 @@ fn state_changes_move_gauges_and_close_counts_at_disappearance() {
         events[2].is_empty() && events[3].is_empty(),
         "state changes are not closes"
     );
-    let ca = unclassified(&model, 8080);
+    let ca = all(&model, 8080);
     assert_eq!(ca.states[LAST_ACK], 1);
     assert_eq!(ca.states[CLOSE_WAIT], 0);
     assert_eq!(ca.states[ESTABLISHED], 0);
@@ -145,7 +123,7 @@ fn entering_time_wait_closes_once() {
         [[sample]]
         at = "1s"
         listeners = [{ port = 8080 }]
-        sockets = [{ cookie = 1, state = "established", port = 8080, peer = "10.250.0.1:40001" }]
+        sockets = [{ cookie = 1, state = "established", port = 8080, peer = "10.250.0.1:40001", segs_in = 1, segs_out = 1 }]
         [[sample]]
         at = "2s"
         listeners = [{ port = 8080 }]
@@ -162,13 +140,14 @@ fn entering_time_wait_closes_once() {
     );
     assert_eq!(events[2].len(), 1);
     assert!(events[3].is_empty() && events[4].is_empty());
-    let ca = unclassified(&model, 8080);
+    let ca = all(&model, 8080);
     assert_eq!(
         (ca.opened_total, ca.closed_total, ca.lifetime.count),
         (1, 1, 1)
     );
     assert_eq!(ca.lifetime.sum, 1.0);
-    assert_eq!(model.tracker.tracked(), 0);
+    // The TIME_WAIT socket is gone; its tombstone lasts one more sample.
+    assert_eq!(model.tracker.tracked(), 1);
 }
 
 #[test]
@@ -191,7 +170,7 @@ fn time_wait_never_seen_open_is_a_short_connection() {
         "#,
         Classifier::default(),
     );
-    let ca = unclassified(&model, 8080);
+    let ca = all(&model, 8080);
     // Cookie 9 predates us; 10 and 11 opened and closed between the two samples.
     assert_eq!((ca.opened_total, ca.closed_total), (2, 2));
     assert_eq!(
@@ -212,16 +191,16 @@ fn a_reused_cookie_with_another_peer_is_a_new_connection() {
         [[sample]]
         at = "1s"
         listeners = [{ port = 8080 }]
-        sockets = [{ cookie = 5, state = "established", port = 8080, peer = "10.250.0.1:40001" }]
+        sockets = [{ cookie = 5, state = "established", port = 8080, peer = "10.250.0.1:40001", segs_in = 1, segs_out = 1 }]
         [[sample]]
         at = "2s"
         listeners = [{ port = 8080 }]
-        sockets = [{ cookie = 5, state = "established", port = 8080, peer = "10.250.0.2:40001" }]
+        sockets = [{ cookie = 5, state = "established", port = 8080, peer = "10.250.0.2:40001", segs_in = 1, segs_out = 1 }]
         "#,
         Classifier::default(),
     );
     assert_eq!(events[2].len(), 2, "one close and one opening");
-    let ca = unclassified(&model, 8080);
+    let ca = all(&model, 8080);
     assert_eq!(
         (ca.opened_total, ca.closed_total, ca.lifetime.count),
         (2, 1, 1)
@@ -240,18 +219,18 @@ fn only_the_inbound_side_counts_and_drains_continue_after_the_listener_closes() 
         [[sample]]
         at = "1s"
         listeners = [{ port = 8080 }]
-        sockets = [{ cookie = 1, state = "established", port = 8080, peer = "10.250.0.1:40001" }]
+        sockets = [{ cookie = 1, state = "established", port = 8080, peer = "10.250.0.1:40001", segs_in = 1, segs_out = 1 }]
         [[sample]]
         at = "2s"
         # graceful shutdown: the listener is gone, the accepted connection drains on
         sockets = [
-          { cookie = 1, state = "established", port = 8080, peer = "10.250.0.1:40001" },
+          { cookie = 1, state = "established", port = 8080, peer = "10.250.0.1:40001", segs_in = 1, segs_out = 1 },
           # an outbound socket that happens to use local port 8080 now that nobody holds it
-          { cookie = 2, state = "established", port = 8080, peer = "10.250.0.9:443" },
+          { cookie = 2, state = "established", port = 8080, peer = "10.250.0.9:443", segs_in = 1, segs_out = 1 },
         ]
         [[sample]]
         at = "3s"
-        sockets = [{ cookie = 2, state = "established", port = 8080, peer = "10.250.0.9:443" }]
+        sockets = [{ cookie = 2, state = "established", port = 8080, peer = "10.250.0.9:443", segs_in = 1, segs_out = 1 }]
         "#,
         Classifier::default(),
     );
@@ -261,7 +240,7 @@ fn only_the_inbound_side_counts_and_drains_continue_after_the_listener_closes() 
     );
     let pa = &model.aggregates.ports[&8080];
     assert!(!pa.listening);
-    let ca = unclassified(&model, 8080);
+    let ca = all(&model, 8080);
     assert_eq!(
         ca.states[ESTABLISHED], 0,
         "the outbound socket is never counted"
@@ -291,7 +270,7 @@ fn handshakes_are_counted_as_syn_recv_but_never_opened() {
         "#,
         Classifier::default(),
     );
-    let ca = unclassified(&model, 8080);
+    let ca = all(&model, 8080);
     assert_eq!((ca.opened_total, ca.closed_total), (0, 0));
     assert_eq!(ca.states[SYN_RECV], 0);
     assert_eq!(model.tracker.tracked(), 0);
@@ -309,19 +288,19 @@ fn a_port_watched_later_starts_with_preexisting_connections() {
         at = "1s"
         watched = [8080, 9090]
         listeners = [{ port = 8080 }, { port = 9090 }]
-        sockets = [{ cookie = 4, state = "established", port = 9090, peer = "10.250.0.1:40001" }]
+        sockets = [{ cookie = 4, state = "established", port = 9090, peer = "10.250.0.1:40001", segs_in = 1, segs_out = 1 }]
         [[sample]]
         at = "2s"
         watched = [8080, 9090]
         listeners = [{ port = 8080 }, { port = 9090 }]
         sockets = [
-          { cookie = 4, state = "established", port = 9090, peer = "10.250.0.1:40001" },
-          { cookie = 5, state = "established", port = 9090, peer = "10.250.0.1:40002" },
+          { cookie = 4, state = "established", port = 9090, peer = "10.250.0.1:40001", segs_in = 1, segs_out = 1 },
+          { cookie = 5, state = "established", port = 9090, peer = "10.250.0.1:40002", segs_in = 1, segs_out = 1 },
         ]
         "#,
         Classifier::default(),
     );
-    let ca = unclassified(&model, 9090);
+    let ca = all(&model, 9090);
     assert_eq!(ca.opened_total, 1, "only cookie 5 was seen opening");
     assert_eq!(ca.states[ESTABLISHED], 2);
 }
@@ -337,7 +316,7 @@ fn sockets_of_ports_not_watched_are_ignored() {
         [[sample]]
         at = "1s"
         listeners = [{ port = 8080 }]
-        sockets = [{ cookie = 1, state = "established", port = 22, peer = "10.250.0.1:40001" }]
+        sockets = [{ cookie = 1, state = "established", port = 22, peer = "10.250.0.1:40001", segs_in = 1, segs_out = 1 }]
         "#,
         Classifier::default(),
     );
@@ -357,13 +336,13 @@ fn class_rules_label_connections_and_every_configured_series_starts_at_zero() {
         [[sample]]
         at = "1s"
         listeners = [{ port = 8080 }, { port = 8081 }]
-        sockets = [{ cookie = 1, state = "established", port = 8081, peer = "10.250.0.1:40001" }]
+        sockets = [{ cookie = 1, state = "established", port = 8081, peer = "10.250.0.1:40001", segs_in = 1, segs_out = 1 }]
         "#,
         classifier,
     );
     let ws = class_of(&model, 8081, "websocket");
     assert_eq!((ws.opened_total, ws.states[ESTABLISHED]), (1, 1));
-    let http = unclassified(&model, 8080);
+    let http = class_of(&model, 8080, "unclassified");
     assert_eq!((http.opened_total, http.states[ESTABLISHED]), (0, 0));
     assert_eq!(model.aggregates.ports[&8081].classes.len(), 1);
 }
@@ -379,18 +358,18 @@ fn age_idle_and_retransmitting_distributions_of_open_connections() {
         [[sample]]
         at = "1s"
         listeners = [{ port = 8080 }]
-        sockets = [{ cookie = 1, state = "established", port = 8080, peer = "10.250.0.1:40001" }]
+        sockets = [{ cookie = 1, state = "established", port = 8080, peer = "10.250.0.1:40001", segs_in = 1, segs_out = 1 }]
         [[sample]]
         at = "71s"
         listeners = [{ port = 8080 }]
         sockets = [
-          { cookie = 1, state = "established", port = 8080, peer = "10.250.0.1:40001", idle_ms = 45000 },
-          { cookie = 2, state = "established", port = 8080, peer = "10.250.0.1:40002", idle_ms = 900000, retransmits = 3 },
+          { cookie = 1, state = "established", port = 8080, peer = "10.250.0.1:40001", idle_ms = 45000, segs_in = 1, segs_out = 1 },
+          { cookie = 2, state = "established", port = 8080, peer = "10.250.0.1:40002", idle_ms = 900000, retransmits = 3, segs_in = 1, segs_out = 1 },
         ]
         "#,
         Classifier::default(),
     );
-    let ca = unclassified(&model, 8080);
+    let ca = all(&model, 8080);
     let at = |bound: u64| OPEN_BOUNDS.iter().position(|&b| b == bound).unwrap();
     // Cookie 1 is 70 s old, cookie 2 was first seen now (age 0).
     assert_eq!(ca.age_over[at(0)], 2);
@@ -417,7 +396,7 @@ fn connections_of_a_port_that_stops_being_watched_are_not_closes() {
         at = "1s"
         watched = [8080, 9090]
         listeners = [{ port = 8080 }, { port = 9090 }]
-        sockets = [{ cookie = 1, state = "established", port = 9090, peer = "10.250.0.1:40001" }]
+        sockets = [{ cookie = 1, state = "established", port = 9090, peer = "10.250.0.1:40001", segs_in = 1, segs_out = 1 }]
         [[sample]]
         at = "2s"
         watched = [8080]
@@ -426,7 +405,7 @@ fn connections_of_a_port_that_stops_being_watched_are_not_closes() {
         Classifier::default(),
     );
     assert!(events[2].is_empty());
-    assert_eq!(unclassified(&model, 9090).closed_total, 0);
+    assert_eq!(all(&model, 9090).closed_total, 0);
     assert_eq!(model.tracker.tracked(), 0);
 }
 

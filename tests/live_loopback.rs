@@ -2,6 +2,7 @@
 //! sock_diag with the kernel-side port filter. Counts are exact: nothing else uses these ports.
 
 use std::collections::BTreeSet;
+use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::thread;
@@ -11,8 +12,25 @@ use drainwatch::app::Pipeline;
 use drainwatch::config::Config;
 use drainwatch::model::aggregate::ClassAggregate;
 
-/// `n` connections to `listener`, returned as (client, server) pairs.
+/// `n` connections to `listener` that each carried one request and its response (so they are
+/// `http` from their first sighting), returned as (client, server) pairs.
 fn connect(listener: &TcpListener, n: usize) -> Vec<(TcpStream, TcpStream)> {
+    let mut pairs = connect_silent(listener, n);
+    for (client, server) in &mut pairs {
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let mut request = [0u8; 18];
+        server.read_exact(&mut request).unwrap();
+        server
+            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .unwrap();
+        let mut response = [0u8; 27];
+        client.read_exact(&mut response).unwrap();
+    }
+    pairs
+}
+
+/// `n` connections that carried nothing.
+fn connect_silent(listener: &TcpListener, n: usize) -> Vec<(TcpStream, TcpStream)> {
     let addr = listener.local_addr().unwrap();
     let server = listener.try_clone().unwrap();
     let (tx, rx) = mpsc::channel();
@@ -34,13 +52,36 @@ fn pipeline(ports: &[u16]) -> Pipeline {
     })
 }
 
+fn dump_only(ports: &[u16]) -> Pipeline {
+    Pipeline::new(Config {
+        ports: ports.iter().copied().collect(),
+        destroy_events: false,
+        ..Config::default()
+    })
+}
+
+/// Every class of `port` added up.
 fn port_class(p: &Pipeline, port: u16) -> ClassAggregate {
-    p.model().aggregates.ports[&port]
+    let mut sum = ClassAggregate::default();
+    for ca in p.model().aggregates.ports[&port].classes.values() {
+        for (s, v) in sum.states.iter_mut().zip(ca.states) {
+            *s += v;
+        }
+        sum.opened_total += ca.opened_total;
+        sum.closed_total += ca.closed_total;
+        sum.lifetime.count += ca.lifetime.count;
+    }
+    sum
+}
+
+fn class_named(p: &Pipeline, port: u16, class: &str) -> ClassAggregate {
+    let model = p.model();
+    model.aggregates.ports[&port]
         .classes
-        .values()
-        .next()
-        .cloned()
-        .unwrap()
+        .iter()
+        .find(|(id, _)| model.classifier.table().name(**id) == class)
+        .map(|(_, ca)| ca.clone())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -171,5 +212,89 @@ fn discovery_watches_listening_ports_and_follows_them_after_the_listener_closes(
     assert!(
         !p.snapshot().watched_ports.contains(&port),
         "gone once drained"
+    );
+}
+
+#[test]
+fn counts_are_the_same_without_destroy_events_for_connections_that_live_across_samples() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut p = dump_only(&[port]);
+    assert!(p.step());
+    let mut conns = connect(&listener, 300);
+    assert!(p.step());
+    assert_eq!(class_named(&p, port, "http").opened_total, 300);
+    for (client, server) in conns.drain(..100) {
+        drop(client);
+        drop(server);
+    }
+    thread::sleep(Duration::from_millis(100));
+    assert!(p.step());
+    let agg = port_class(&p, port);
+    assert_eq!(
+        (agg.closed_total, agg.lifetime.count, agg.states[0]),
+        (100, 100, 200)
+    );
+}
+
+#[test]
+fn five_thousand_connections_within_one_second_are_all_counted_by_destroy_events() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut p = pipeline(&[port]);
+    assert!(p.step());
+    assert!(
+        p.stats().events_subscribed,
+        "destroy events need CAP_NET_ADMIN (tests run as root)"
+    );
+    let server = listener.try_clone().unwrap();
+    let acceptor = thread::spawn(move || {
+        for _ in 0..5000 {
+            let (mut s, _) = server.accept().unwrap();
+            let mut b = [0u8; 4];
+            s.read_exact(&mut b).unwrap();
+            s.write_all(b"pong").unwrap();
+        }
+    });
+    let started = std::time::Instant::now();
+    for _ in 0..5000 {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(b"ping").unwrap();
+        let mut b = [0u8; 4];
+        c.read_exact(&mut b).unwrap();
+    }
+    acceptor.join().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    thread::sleep(Duration::from_millis(200));
+    assert!(p.step());
+    let agg = port_class(&p, port);
+    assert_eq!(agg.opened_total, 5000);
+    assert_eq!(agg.closed_total, 5000);
+    assert_eq!(
+        class_named(&p, port, "http").closed_total,
+        5000,
+        "each carried a request"
+    );
+    assert_eq!(p.stats().events_overflows, 0);
+}
+
+#[test]
+fn silent_connections_closed_quickly_are_probes() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut p = pipeline(&[port]);
+    assert!(p.step());
+    for (client, server) in connect_silent(&listener, 50) {
+        drop(client);
+        drop(server);
+    }
+    thread::sleep(Duration::from_millis(200));
+    assert!(p.step());
+    let probe = class_named(&p, port, "probe");
+    assert_eq!((probe.opened_total, probe.closed_total), (50, 50));
+    assert_eq!(
+        port_class(&p, port).opened_total,
+        50,
+        "nothing else was counted"
     );
 }

@@ -3,13 +3,16 @@
 //!   (Prometheus does), otherwise Prometheus text format 0.0.4.
 //! - `GET /healthz`: 200 `ok` once a sample has been published, 503 before.
 //! - `GET /`: a small page listing the endpoints and the watched ports.
+//! - `GET /api/v1/connections[?port=P]`: open connections with their class and the evidence
+//!   behind it, as JSON. It shows peer addresses, so it answers 404 unless the exporter was
+//!   started with `--web.enable-connections-api`.
 //!
 //! Handlers only read what the sampler published; no request ever dumps the kernel.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -41,6 +44,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/", get(index))
+        .route("/api/v1/connections", get(connections))
         .with_state(state)
 }
 
@@ -95,4 +99,34 @@ async fn index(State(state): State<AppState>) -> Html<String> {
          <h2>Watched ports</h2><ul>{ports}</ul></body></html>\n",
         published.version
     ))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ConnectionsQuery {
+    port: Option<String>,
+}
+
+async fn connections(State(state): State<AppState>, Query(q): Query<ConnectionsQuery>) -> Response {
+    let published = state.shared.load();
+    let Some(list) = &published.connections else {
+        return (
+            StatusCode::NOT_FOUND,
+            "the connections API is off: it lists peer addresses; start drainwatch with --web.enable-connections-api\n",
+        )
+            .into_response();
+    };
+    let port = match q.port.as_deref().map(crate::config::parse_port).transpose() {
+        Ok(p) => p,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("port: {e}\n")).into_response(),
+    };
+    let selected: Vec<_> = list
+        .iter()
+        .filter(|c| port.is_none_or(|p| c.port == p))
+        .collect();
+    axum::Json(serde_json::json!({
+        "port": port,
+        "count": selected.len(),
+        "connections": selected,
+    }))
+    .into_response()
 }

@@ -25,7 +25,7 @@ pub const SAMPLE_DURATION_BUCKETS: [f64; 12] = [
 ];
 
 /// Sources whose failures are counted in `drainwatch_source_errors_total{source}`.
-pub const SOURCES: [&str; 2] = ["sock_diag", "procfs"];
+pub const SOURCES: [&str; 3] = ["sock_diag", "procfs", "destroy_events"];
 
 /// The exporter's own health.
 #[derive(Debug, Clone)]
@@ -39,6 +39,14 @@ pub struct SelfStats {
     pub source_errors: [u64; SOURCES.len()],
     /// Whether the last attempt of each source succeeded, in the order of [`SOURCES`].
     pub source_up: [bool; SOURCES.len()],
+    /// Destroy events are subscribed.
+    pub events_subscribed: bool,
+    /// Destroy events received (any port, any side).
+    pub destroy_events: u64,
+    /// Times the destroy event buffer overflowed (ENOBUFS).
+    pub events_overflows: u64,
+    /// Closes the dump found whose destroy event never came.
+    pub events_missed: u64,
 }
 
 impl Default for SelfStats {
@@ -50,13 +58,39 @@ impl Default for SelfStats {
             tracked_connections: 0,
             source_errors: [0; SOURCES.len()],
             source_up: [false; SOURCES.len()],
+            events_subscribed: false,
+            destroy_events: 0,
+            events_overflows: 0,
+            events_missed: 0,
         }
     }
+}
+
+/// One open connection, as `GET /api/v1/connections` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ConnectionInfo {
+    pub port: u16,
+    pub peer: std::net::SocketAddr,
+    pub state: &'static str,
+    pub class: String,
+    /// Why it has that class.
+    pub reason: &'static str,
+    /// Unsolicited server transmissions seen (server push evidence).
+    pub server_pushes: u8,
+    /// Samples of server-only transmission continuing a response (stream evidence).
+    pub stream_samples: u8,
+    pub age_seconds: f64,
+    /// True when the connection predates drainwatch: its age is a lower bound.
+    pub age_is_lower_bound: bool,
+    pub idle_seconds: f64,
+    pub retransmitting: bool,
 }
 
 /// Everything a scrape shows, published by the sampler after each sample.
 #[derive(Debug, Clone, Default)]
 pub struct Published {
+    /// Open connections, only when the connections API is enabled.
+    pub connections: Option<Arc<Vec<ConnectionInfo>>>,
     pub aggregates: Aggregates,
     pub classes: ClassTable,
     pub host: Option<HostCounters>,
@@ -89,16 +123,27 @@ fn family<'a>(
     enc.encode_descriptor(name, help, None, kind)
 }
 
+// Series without labels are encoded without a family, so that no empty `{}` is written.
+
 fn gauge(m: &mut MetricEncoder, labels: &Labels, v: f64) -> std::fmt::Result {
+    if labels.is_empty() {
+        return m.encode_gauge(&v);
+    }
     m.encode_family(labels)?.encode_gauge(&v)
 }
 
 fn counter(m: &mut MetricEncoder, labels: &Labels, v: u64) -> std::fmt::Result {
+    if labels.is_empty() {
+        return m.encode_counter::<NoLabelSet, _, u64>(&v, None);
+    }
     m.encode_family(labels)?
         .encode_counter::<NoLabelSet, _, u64>(&v, None)
 }
 
 fn histogram(m: &mut MetricEncoder, labels: &Labels, h: &Histogram) -> std::fmt::Result {
+    if labels.is_empty() {
+        return m.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.cumulative(), None);
+    }
     m.encode_family(labels)?
         .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.cumulative(), None)
 }
@@ -275,6 +320,20 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
 
     let mut m = family(
         enc,
+        "drainwatch_connections_upgraded",
+        "Connections that moved from http to websocket once evidence appeared (they keep their opening's class in opened_total).",
+        MetricType::Counter,
+    )?;
+    for (port, pa) in &agg.ports {
+        counter(
+            &mut m,
+            &vec![("port", ports[port].as_str())],
+            pa.upgraded_total,
+        )?;
+    }
+
+    let mut m = family(
+        enc,
         "drainwatch_unwatched_listening_ports",
         "Listening ports not watched because --watch.max-ports was reached.",
         MetricType::Gauge,
@@ -385,6 +444,17 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
     )?;
     for (source, up) in SOURCES.iter().zip(s.source_up) {
         gauge(&mut m, &vec![("source", *source)], f64::from(u8::from(up)))?;
+    }
+    if s.events_subscribed {
+        let events: [(&str, &str, u64); 3] = [
+            ("drainwatch_events_received", "Events received from the kernel, for every port and side.", s.destroy_events),
+            ("drainwatch_events_overflows", "Times the event receive buffer overflowed (ENOBUFS): events were lost and the next dump resynchronised.", s.events_overflows),
+            ("drainwatch_events_lost", "Closes of tracked connections found by the dump whose destroy event never came.", s.events_missed),
+        ];
+        for (name, help, v) in events {
+            let mut m = family(enc, name, help, MetricType::Counter)?;
+            counter(&mut m, &vec![("source", "destroy_events")], v)?;
+        }
     }
     let mut m = family(
         enc,

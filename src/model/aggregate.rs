@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use super::classify::{ClassId, Classifier};
 use super::socket::{Snapshot, GAUGE_STATES};
-use super::tracker::{LifecycleEvent, SocketView};
+use super::tracker::{idle_ms, LifecycleEvent, SocketView};
 
 /// Upper bounds (seconds) of the lifetime histogram buckets: 0.1 s to 7 days.
 pub const LIFETIME_BUCKETS: [f64; 20] = [
@@ -114,6 +114,8 @@ pub struct PortAggregate {
     /// Sum of the accept backlogs of the port's listeners.
     pub listen_queue_limit: u64,
     pub classes: BTreeMap<ClassId, ClassAggregate>,
+    /// Connections that moved from `http` to `websocket`.
+    pub upgraded_total: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -181,16 +183,8 @@ impl Aggregates {
                 agg.oldest_age_seconds = age_s;
             }
             count_over(&mut agg.age_over, age_ms);
-            if let Some(info) = record.info {
-                // The kernel's idle clock starts at the connection's birth; cap it by the age we
-                // know so a fresh connection that never carried data is not "idle for days".
-                let idle_ms = u64::from(info.idle_ms());
-                let idle_ms = if view.preexisting {
-                    idle_ms
-                } else {
-                    idle_ms.min(age_ms)
-                };
-                count_over(&mut agg.idle_over, idle_ms);
+            if let Some(info) = &record.info {
+                count_over(&mut agg.idle_over, idle_ms(info, age_ms, view.preexisting));
             }
             if record.is_retransmitting() {
                 agg.retransmitting += 1;
@@ -200,6 +194,9 @@ impl Aggregates {
             match *event {
                 LifecycleEvent::Opened { port, class, .. } => {
                     self.class_mut(port, class).opened_total += 1;
+                }
+                LifecycleEvent::Upgraded { port, .. } => {
+                    self.ports.entry(port).or_default().upgraded_total += 1;
                 }
                 LifecycleEvent::Closed {
                     port,

@@ -33,6 +33,11 @@ impl Model {
         }
     }
 
+    /// The tracker's verdict on each socket of the last snapshot, aligned with its `sockets`.
+    pub fn views(&self) -> &[SocketView] {
+        &self.views
+    }
+
     /// Folds one snapshot in and returns the lifecycle events it produced.
     pub fn observe(&mut self, snapshot: &Snapshot) -> &[LifecycleEvent] {
         self.events.clear();

@@ -269,4 +269,10 @@ pub struct Snapshot {
     pub listeners: Vec<Listener>,
     /// Non-listening sockets whose local port is watched.
     pub sockets: Vec<SocketRecord>,
+    /// Sockets the kernel destroyed since the previous sample (sock_diag destroy events), with
+    /// their final tcp_info; any port, any side: the tracker attributes them.
+    pub destroyed: Vec<SocketRecord>,
+    /// Destroy events were subscribed and none were lost since the previous sample: a socket
+    /// missing from the dump without an event has its event still on the way.
+    pub events_complete: bool,
 }

@@ -1,19 +1,26 @@
 //! The tracker: follows each inbound connection of the watched ports from sample to sample,
-//! keyed by socket cookie, and turns differences between samples into lifecycle events.
+//! keyed by socket cookie, feeds the classifier the connection's history, and turns what changed
+//! into lifecycle events.
 //!
-//! Rules (see docs/metrics.md for what they mean for the counters):
+//! Rules (docs/metrics.md says what they mean for the counters):
 //! - A connection is a full socket of a watched local port in an open state (ESTABLISHED,
 //!   FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING). Request sockets (SYN_RECV) are handshakes,
 //!   not yet connections: the accepted socket gets a cookie of its own.
 //! - Only the inbound side counts: a socket belongs to port P when P is watched and a listener
 //!   on P exists in the same sample, or when the tracker already follows it (accepted while the
 //!   listener existed: a graceful shutdown closes the listener first and drains afterwards).
-//! - First sighting = opened; disappearance or entering TIME_WAIT = closed. A TIME_WAIT socket
-//!   never seen open is a connection opened and closed between two samples: opened and closed,
-//!   with no lifetime.
+//! - Closed = a destroy event for the cookie (with the final tcp_info), entering TIME_WAIT, or
+//!   disappearing from the dump, whichever comes first; a closed connection is counted once.
+//! - A destroy event for a cookie never seen open is a connection opened and closed between two
+//!   samples: opened and closed, with no lifetime. So is a TIME_WAIT socket never seen open when
+//!   destroy events are not available (with them, the event counts it: a TIME_WAIT socket whose
+//!   cookie was never generated while it was a full socket gets a new one).
+//! - Opened is counted at first sighting when the class is known then (a rule, or payload
+//!   already carried). A connection that has carried nothing yet waits (it may be a health
+//!   probe) until its first payload, its close, or the probe lifetime threshold, and is counted
+//!   then with the class it has at that moment.
 //! - Sockets present in the first sample in which their port is watched were open before we
-//!   looked: they are marked pre-existing, are not counted as opened, and their lifetime is
-//!   unknown (their age is a lower bound).
+//!   looked: pre-existing, never counted as opened, lifetime unknown (age is a lower bound).
 //! - A known cookie reappearing with another peer or port is a new connection (the old one
 //!   closed unseen).
 //!
@@ -22,8 +29,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 
-use super::classify::{ClassId, Classifier};
-use super::socket::{Snapshot, SocketRecord, TcpState};
+use super::classify::{ClassId, Classifier, Evidence, HTTP, UNCLASSIFIED, WEBSOCKET};
+use super::socket::{Snapshot, SocketRecord, TcpInfo, TcpState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LifecycleEvent {
@@ -32,6 +39,8 @@ pub enum LifecycleEvent {
         port: u16,
         class: ClassId,
     },
+    /// An `http` connection became `websocket`; it keeps its opening's class in the counters.
+    Upgraded { cookie: u64, port: u16 },
     Closed {
         cookie: u64,
         port: u16,
@@ -41,21 +50,36 @@ pub enum LifecycleEvent {
     },
 }
 
-/// What the tracker knows of one connection: kept small (the tracker holds one per
-/// connection of every watched port).
+const PREEXISTING: u8 = 1;
+/// Counted as closed already; kept until the socket leaves the dump so it is not counted again.
+const CLOSED: u8 = 2;
+/// Counted in `opened_total` already.
+const COUNTED_OPEN: u8 = 4;
+/// Absent from the last dump with no destroy event yet: given one more sample for it.
+const MISSING: u8 = 8;
+
+/// What the tracker knows of one connection: kept small (one per connection of every watched
+/// port; 40 bytes).
 #[derive(Debug, Clone, Copy)]
 struct Tracked {
     first_seen_ms: u64,
+    evidence: Evidence,
     generation: u32,
     peer: u32,
     local_port: u16,
     remote_port: u16,
     class: ClassId,
     state: TcpState,
-    preexisting: bool,
-    /// Counted as closed already (entered TIME_WAIT); kept until the socket disappears so that
-    /// it is not counted again.
-    closed: bool,
+    flags: u8,
+}
+
+impl Tracked {
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+    fn lifetime(&self, now: u64) -> Option<u64> {
+        (!self.has(PREEXISTING)).then(|| now.saturating_sub(self.first_seen_ms))
+    }
 }
 
 /// The tracker's verdict on one socket of a snapshot, aligned with `Snapshot::sockets`.
@@ -67,11 +91,15 @@ pub struct SocketView {
     /// First sighting of the connection, for open connections.
     pub first_seen_ms: Option<u64>,
     pub preexisting: bool,
+    /// Why the connection has its class, and the classifier's evidence.
+    pub evidence: Evidence,
 }
 
 #[derive(Debug, Default)]
 pub struct Tracker {
     conns: HashMap<u64, Tracked>,
+    /// Closes found by the dump while destroy events were subscribed: their event was lost.
+    missed_events: u64,
     generation: u32,
     /// Ports watched in the previous sample.
     watched: BTreeSet<u16>,
@@ -83,9 +111,73 @@ fn peer_fingerprint(record: &SocketRecord) -> u32 {
     h.finish() as u32
 }
 
+/// Idle time the classifier may trust: the kernel's idle clock starts at the socket's birth,
+/// so for a connection seen opening it is capped by the age we know.
+pub fn idle_ms(info: &TcpInfo, age_ms: u64, preexisting: bool) -> u64 {
+    let idle = u64::from(info.idle_ms());
+    if preexisting {
+        idle
+    } else {
+        idle.min(age_ms)
+    }
+}
+
+struct Step<'a> {
+    classifier: &'a Classifier,
+    events: &'a mut Vec<LifecycleEvent>,
+    now: u64,
+}
+
+impl Step<'_> {
+    /// Counts the close of `t` (and its opening, if it was still waiting for a class).
+    fn close(&mut self, cookie: u64, t: &mut Tracked, final_info: Option<&TcpInfo>, short: bool) {
+        let lifetime = if short { None } else { t.lifetime(self.now) };
+        t.class = self
+            .classifier
+            .at_close(t.class, &mut t.evidence, final_info, lifetime, short);
+        if !t.has(COUNTED_OPEN) && !t.has(PREEXISTING) {
+            self.events.push(LifecycleEvent::Opened {
+                cookie,
+                port: t.local_port,
+                class: t.class,
+            });
+        }
+        t.flags |= CLOSED | COUNTED_OPEN;
+        self.events.push(LifecycleEvent::Closed {
+            cookie,
+            port: t.local_port,
+            class: t.class,
+            lifetime_ms: lifetime,
+        });
+    }
+
+    /// Counts the opening of `t` once its class is known or its probe time is up.
+    fn maybe_count_open(&mut self, cookie: u64, t: &mut Tracked) {
+        if t.has(COUNTED_OPEN) {
+            return;
+        }
+        let waited = self.now.saturating_sub(t.first_seen_ms)
+            >= self.classifier.thresholds().probe_max_lifetime_ms;
+        if t.class != UNCLASSIFIED || waited {
+            t.flags |= COUNTED_OPEN;
+            self.events.push(LifecycleEvent::Opened {
+                cookie,
+                port: t.local_port,
+                class: t.class,
+            });
+        }
+    }
+}
+
 impl Tracker {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Destroy events known to be lost: connections that left the dump and whose event never
+    /// came while events were subscribed.
+    pub fn missed_events(&self) -> u64 {
+        self.missed_events
     }
 
     /// Connections followed now, including TIME_WAIT remnants not yet gone.
@@ -97,7 +189,7 @@ impl Tracker {
     pub fn ports_with_open_connections(&self) -> BTreeSet<u16> {
         self.conns
             .values()
-            .filter(|c| !c.closed)
+            .filter(|c| !c.has(CLOSED))
             .map(|c| c.local_port)
             .collect()
     }
@@ -116,9 +208,47 @@ impl Tracker {
         let now = snapshot.taken_at.monotonic_ms;
         let listening: BTreeSet<u16> = snapshot.listeners.iter().map(|l| l.port).collect();
         let watched: BTreeSet<u16> = snapshot.watched_ports.iter().copied().collect();
+        let mut step = Step {
+            classifier,
+            events,
+            now,
+        };
+
+        // Destroy events first: they carry the final tcp_info, and a socket destroyed after the
+        // dump may still appear in it (stale) or as TIME_WAIT, already closed.
+        for record in &snapshot.destroyed {
+            if let Some(t) = self.conns.get_mut(&record.cookie) {
+                if !t.has(CLOSED) {
+                    step.close(record.cookie, t, record.info.as_ref(), false);
+                }
+                t.generation = generation;
+                continue;
+            }
+            let port = record.local_port;
+            if !(watched.contains(&port)
+                && listening.contains(&port)
+                && self.watched.contains(&port))
+            {
+                continue;
+            }
+            let (class, evidence) = classifier.first_sight(record);
+            let mut t = Tracked {
+                first_seen_ms: now,
+                evidence,
+                generation,
+                peer: peer_fingerprint(record),
+                local_port: port,
+                remote_port: record.remote_port,
+                class,
+                state: TcpState::Close,
+                flags: 0,
+            };
+            step.close(record.cookie, &mut t, record.info.as_ref(), true);
+            self.conns.insert(record.cookie, t);
+        }
+
         views.clear();
         views.reserve(snapshot.sockets.len());
-
         for record in &snapshot.sockets {
             let port = record.local_port;
             let mut view = SocketView {
@@ -126,6 +256,7 @@ impl Tracker {
                 class: classifier.port_default(port),
                 first_seen_ms: None,
                 preexisting: false,
+                evidence: Evidence::default(),
             };
             let known = self.conns.get(&record.cookie).copied();
             let inbound = watched.contains(&port) && (listening.contains(&port) || known.is_some());
@@ -138,7 +269,6 @@ impl Tracker {
                 views.push(view);
                 continue;
             }
-            let newly_watched = !self.watched.contains(&port);
             let peer = peer_fingerprint(record);
             let mut entry = match known {
                 Some(t)
@@ -146,82 +276,110 @@ impl Tracker {
                         && t.remote_port == record.remote_port
                         && t.peer == peer =>
                 {
+                    let mut t = t;
+                    if !t.has(CLOSED) {
+                        if let Some(info) = &record.info {
+                            let age = now.saturating_sub(t.first_seen_ms);
+                            let idle = idle_ms(info, age, t.has(PREEXISTING));
+                            let before = t.class;
+                            t.class = classifier.update(t.class, &mut t.evidence, info, age, idle);
+                            if before == HTTP && t.class == WEBSOCKET {
+                                step.events.push(LifecycleEvent::Upgraded {
+                                    cookie: record.cookie,
+                                    port,
+                                });
+                            }
+                        }
+                        if !t.has(PREEXISTING) {
+                            step.maybe_count_open(record.cookie, &mut t);
+                        }
+                    }
                     t
                 }
                 other => {
-                    if let Some(old) = other {
+                    if let Some(mut old) = other {
                         // Same cookie, other connection: the old one closed unseen.
-                        if !old.closed {
-                            events.push(closed_event(record.cookie, &old, now));
+                        if !old.has(CLOSED) {
+                            step.close(record.cookie, &mut old, None, false);
                         }
                     }
-                    let class = classifier.classify(record);
-                    let preexisting = newly_watched;
-                    if !preexisting {
-                        events.push(LifecycleEvent::Opened {
-                            cookie: record.cookie,
-                            port,
-                            class,
-                        });
-                    }
-                    Tracked {
+                    let (class, evidence) = classifier.first_sight(record);
+                    let preexisting = !self.watched.contains(&port);
+                    let mut t = Tracked {
                         first_seen_ms: now,
+                        evidence,
                         generation,
                         peer,
                         local_port: port,
                         remote_port: record.remote_port,
                         class,
                         state: record.state,
-                        preexisting,
-                        closed: false,
+                        flags: if preexisting {
+                            PREEXISTING | COUNTED_OPEN
+                        } else {
+                            0
+                        },
+                    };
+                    if record.state == TcpState::TimeWait {
+                        // With destroy events complete, this connection's close came (or comes
+                        // within a sample) as an event; the kernel gives a TIME_WAIT socket a
+                        // cookie of its own when none was generated before, so only the
+                        // event counts it.
+                        if preexisting || snapshot.events_complete {
+                            t.flags |= CLOSED | COUNTED_OPEN;
+                        } else {
+                            step.close(record.cookie, &mut t, None, true);
+                        }
+                    } else if !preexisting {
+                        step.maybe_count_open(record.cookie, &mut t);
                     }
+                    t
                 }
             };
             entry.generation = generation;
             entry.state = record.state;
-            if record.state == TcpState::TimeWait && !entry.closed {
-                entry.closed = true;
-                let first_sighting = known.is_none() || entry.first_seen_ms == now;
-                if !(first_sighting && entry.preexisting) {
-                    let mut event = closed_event(record.cookie, &entry, now);
-                    if first_sighting {
-                        // Opened and closed between two samples: the lifetime is unknown.
-                        if let LifecycleEvent::Closed { lifetime_ms, .. } = &mut event {
-                            *lifetime_ms = None;
-                        }
-                    }
-                    events.push(event);
-                }
+            if record.state == TcpState::TimeWait && !entry.has(CLOSED) {
+                step.close(record.cookie, &mut entry, None, false);
             }
             view.class = entry.class;
-            view.preexisting = entry.preexisting;
-            if !entry.closed {
+            view.preexisting = entry.has(PREEXISTING);
+            view.evidence = entry.evidence;
+            if !entry.has(CLOSED) {
                 view.first_seen_ms = Some(entry.first_seen_ms);
             }
             self.conns.insert(record.cookie, entry);
             views.push(view);
         }
 
+        let mut missed = 0;
         self.conns.retain(|&cookie, t| {
             if t.generation == generation {
+                t.flags &= !MISSING;
                 return true;
+            }
+            if t.has(CLOSED) {
+                // Tombstones outlive the socket by one sample, so that a late destroy event or
+                // TIME_WAIT sighting of the same cookie is not counted again.
+                return generation.wrapping_sub(t.generation) < 2;
             }
             // A port that is no longer watched is no longer dumped: its connections did not
             // close, we stopped looking.
-            if !t.closed && watched.contains(&t.local_port) {
-                events.push(closed_event(cookie, t, now));
+            if !watched.contains(&t.local_port) {
+                return false;
             }
-            false
+            if snapshot.events_complete && !t.has(MISSING) {
+                // The kernel frees sockets and sends their events from a workqueue: the event of
+                // a socket that just left the table may still be on its way.
+                t.flags |= MISSING;
+                return true;
+            }
+            if snapshot.events_complete || t.has(MISSING) {
+                missed += 1;
+            }
+            step.close(cookie, t, None, false);
+            true
         });
+        self.missed_events += missed;
         self.watched = watched;
-    }
-}
-
-fn closed_event(cookie: u64, t: &Tracked, now: u64) -> LifecycleEvent {
-    LifecycleEvent::Closed {
-        cookie,
-        port: t.local_port,
-        class: t.class,
-        lifetime_ms: (!t.preexisting).then(|| now.saturating_sub(t.first_seen_ms)),
     }
 }

@@ -2,6 +2,7 @@
 //! from pure decoding (`decode`, `request`, `procfs::parse_netstat`), and produces model types.
 
 pub mod decode;
+pub mod events;
 pub mod netlink;
 pub mod procfs;
 pub mod replay;

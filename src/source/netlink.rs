@@ -104,7 +104,7 @@ impl Default for SockDiag {
 }
 
 #[allow(unsafe_code)] // the one setsockopt netlink-sys does not wrap
-fn set_recv_timeout(socket: &Socket, timeout: Duration) -> std::io::Result<()> {
+pub(crate) fn set_recv_timeout(socket: &Socket, timeout: Duration) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let tv = libc::timeval {
         tv_sec: timeout.as_secs() as libc::time_t,

@@ -23,6 +23,9 @@ use crate::model::socket::{Listener, Snapshot, SocketRecord, TcpInfo, TcpState, 
 struct Scenario {
     #[serde(default)]
     watched: Vec<u16>,
+    /// Destroy events are subscribed (and complete) for the whole scenario.
+    #[serde(default)]
+    events: bool,
     #[serde(default)]
     sample: Vec<Sample>,
 }
@@ -36,6 +39,9 @@ struct Sample {
     listeners: Vec<ScriptListener>,
     #[serde(default)]
     sockets: Vec<ScriptSocket>,
+    /// Destroy events received since the previous sample (state is ignored: always closed).
+    #[serde(default)]
+    destroyed: Vec<ScriptSocket>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +62,7 @@ fn default_backlog() -> u32 {
 #[serde(deny_unknown_fields)]
 struct ScriptSocket {
     cookie: u64,
+    #[serde(default = "closed_state")]
     state: String,
     port: u16,
     peer: SocketAddr,
@@ -67,6 +74,16 @@ struct ScriptSocket {
     bytes_received: u64,
     #[serde(default)]
     bytes_acked: u64,
+    /// Data segments received from the client (tcpi_data_segs_in).
+    #[serde(default)]
+    segs_in: u32,
+    /// Data segments sent to the client (tcpi_data_segs_out).
+    #[serde(default)]
+    segs_out: u32,
+}
+
+fn closed_state() -> String {
+    "close".to_string()
 }
 
 fn state_from_label(s: &str) -> Option<TcpState> {
@@ -80,6 +97,7 @@ fn state_from_label(s: &str) -> Option<TcpState> {
         "close_wait" => CloseWait,
         "last_ack" => LastAck,
         "closing" => Closing,
+        "close" => Close,
         _ => return None,
     })
 }
@@ -88,43 +106,23 @@ fn state_from_label(s: &str) -> Option<TcpState> {
 pub fn parse_scenario(text: &str) -> Result<Vec<Snapshot>, String> {
     let scenario: Scenario = toml::from_str(text).map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(scenario.sample.len());
+    let events = scenario.events;
     for (i, sample) in scenario.sample.into_iter().enumerate() {
         let at: Duration = humantime::parse_duration(&sample.at)
             .map_err(|e| format!("sample {}: at = {:?}: {e}", i + 1, sample.at))?;
         let mut watched = sample.watched.unwrap_or_else(|| scenario.watched.clone());
         watched.sort_unstable();
         watched.dedup();
-        let mut sockets = Vec::with_capacity(sample.sockets.len());
-        for s in sample.sockets {
-            let state = state_from_label(&s.state)
-                .ok_or_else(|| format!("sample {}: unknown state {:?}", i + 1, s.state))?;
-            let info =
-                (state != TcpState::TimeWait && state != TcpState::SynRecv).then(|| TcpInfo {
-                    len: 280,
-                    retransmits: s.retransmits,
-                    last_data_recv_ms: s.idle_ms,
-                    last_data_sent_ms: s.idle_ms,
-                    bytes_received: s.bytes_received,
-                    bytes_acked: s.bytes_acked,
-                    ..TcpInfo::default()
-                });
-            sockets.push(SocketRecord {
-                cookie: s.cookie,
-                state,
-                local_port: s.port,
-                remote_port: s.peer.port(),
-                remote_addr: s.peer.ip(),
-                rx_queue: 0,
-                tx_queue: 0,
-                timer: if s.retransmits > 0 {
-                    Timer::Retransmit
-                } else {
-                    Timer::None
-                },
-                timer_retrans: s.retransmits,
-                info,
-            });
-        }
+        let sockets = sample
+            .sockets
+            .into_iter()
+            .map(|s| script_record(s, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let destroyed = sample
+            .destroyed
+            .into_iter()
+            .map(|s| script_record(s, i))
+            .collect::<Result<Vec<_>, _>>()?;
         out.push(Snapshot {
             taken_at: crate::model::socket::Timestamp {
                 monotonic_ms: at.as_millis() as u64,
@@ -141,7 +139,41 @@ pub fn parse_scenario(text: &str) -> Result<Vec<Snapshot>, String> {
                 })
                 .collect(),
             sockets,
+            events_complete: events,
+            destroyed,
         });
     }
     Ok(out)
+}
+
+fn script_record(s: ScriptSocket, sample: usize) -> Result<SocketRecord, String> {
+    let state = state_from_label(&s.state)
+        .ok_or_else(|| format!("sample {}: unknown state {:?}", sample + 1, s.state))?;
+    let info = (state != TcpState::TimeWait && state != TcpState::SynRecv).then(|| TcpInfo {
+        len: 280,
+        retransmits: s.retransmits,
+        last_data_recv_ms: s.idle_ms,
+        last_data_sent_ms: s.idle_ms,
+        bytes_received: s.bytes_received,
+        bytes_acked: s.bytes_acked,
+        data_segs_in: s.segs_in,
+        data_segs_out: s.segs_out,
+        ..TcpInfo::default()
+    });
+    Ok(SocketRecord {
+        cookie: s.cookie,
+        state,
+        local_port: s.port,
+        remote_port: s.peer.port(),
+        remote_addr: s.peer.ip(),
+        rx_queue: 0,
+        tx_queue: 0,
+        timer: if s.retransmits > 0 {
+            Timer::Retransmit
+        } else {
+            Timer::None
+        },
+        timer_retrans: s.retransmits,
+        info,
+    })
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use super::events::{DestroyEvents, Drained, EventsError};
 use super::netlink::SockDiag;
 use super::request::{DumpSpec, Family};
 use super::SourceError;
@@ -12,17 +13,37 @@ use crate::model::watch::{Selected, Watch};
 
 pub struct Sampler {
     diag: SockDiag,
+    events: Option<DestroyEvents>,
     scratch: Vec<SocketRecord>,
     origin: Instant,
 }
 
 impl Sampler {
+    /// A sampler that dumps only.
     pub fn new() -> Self {
         Sampler {
             diag: SockDiag::new(),
+            events: None,
             scratch: Vec::new(),
             origin: Instant::now(),
         }
+    }
+
+    /// A sampler that also subscribes to destroy events; without the privilege it dumps only
+    /// and returns the reason beside it.
+    pub fn with_events() -> (Self, Option<EventsError>) {
+        let mut sampler = Sampler::new();
+        match DestroyEvents::subscribe() {
+            Ok(events) => {
+                sampler.events = Some(events);
+                (sampler, None)
+            }
+            Err(e) => (sampler, Some(e)),
+        }
+    }
+
+    pub fn events_subscribed(&self) -> bool {
+        self.events.is_some()
     }
 
     fn now(&self) -> Timestamp {
@@ -46,6 +67,7 @@ impl Sampler {
     ) -> Result<Selected, SourceError> {
         snapshot.listeners.clear();
         snapshot.sockets.clear();
+        snapshot.destroyed.clear();
         self.scratch.clear();
         let selected = if watch.discovers() {
             for family in Family::ALL {
@@ -101,10 +123,22 @@ impl Sampler {
             snapshot.sockets.retain(|r| r.state != TcpState::Listen);
             selected
         };
+        if let Some(events) = &self.events {
+            events.set_ports(&selected.ports);
+        }
         snapshot.watched_ports.clear();
         snapshot.watched_ports.extend_from_slice(&selected.ports);
         snapshot.taken_at = self.now();
         Ok(selected)
+    }
+
+    /// Collects the destroy events received so far into `snapshot.destroyed`; call right after
+    /// [`Sampler::sample`], so that every socket missing from the dump had its event queued.
+    pub fn drain_events(&mut self, snapshot: &mut Snapshot) -> Option<Drained> {
+        let events = self.events.as_ref()?;
+        let drained = events.drain(&mut snapshot.destroyed);
+        snapshot.events_complete = !drained.overflowed;
+        Some(drained)
     }
 }
 

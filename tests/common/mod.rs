@@ -1,0 +1,51 @@
+//! Helpers shared by the scripted-scenario tests.
+#![allow(dead_code)]
+
+use drainwatch::model::aggregate::ClassAggregate;
+use drainwatch::model::classify::Classifier;
+use drainwatch::model::tracker::LifecycleEvent;
+use drainwatch::model::Model;
+use drainwatch::source::replay::parse_scenario;
+
+/// Replays `scenario` and returns the model and every sample's events.
+pub fn replay(scenario: &str, classifier: Classifier) -> (Model, Vec<Vec<LifecycleEvent>>) {
+    let snapshots = parse_scenario(scenario).expect("scenario parses");
+    let mut model = Model::new(classifier);
+    let events = snapshots
+        .iter()
+        .map(|s| model.observe(s).to_vec())
+        .collect();
+    (model, events)
+}
+
+pub fn class_of(model: &Model, port: u16, class: &str) -> ClassAggregate {
+    let pa = &model.aggregates.ports[&port];
+    pa.classes
+        .iter()
+        .find(|(id, _)| model.classifier.table().name(**id) == class)
+        .map(|(_, ca)| ca.clone())
+        .unwrap_or_else(|| panic!("no class {class} on port {port}"))
+}
+
+/// Every class of `port` added up: the lifecycle rules do not depend on the class.
+pub fn all(model: &Model, port: u16) -> ClassAggregate {
+    let mut sum = ClassAggregate::default();
+    for ca in model.aggregates.ports[&port].classes.values() {
+        for (s, v) in sum.states.iter_mut().zip(ca.states) {
+            *s += v;
+        }
+        for (s, v) in sum.age_over.iter_mut().zip(ca.age_over) {
+            *s += v;
+        }
+        for (s, v) in sum.idle_over.iter_mut().zip(ca.idle_over) {
+            *s += v;
+        }
+        sum.opened_total += ca.opened_total;
+        sum.closed_total += ca.closed_total;
+        sum.lifetime.count += ca.lifetime.count;
+        sum.lifetime.sum += ca.lifetime.sum;
+        sum.retransmitting += ca.retransmitting;
+        sum.oldest_age_seconds = sum.oldest_age_seconds.max(ca.oldest_age_seconds);
+    }
+    sum
+}
