@@ -95,6 +95,9 @@ pub struct RunArgs {
     /// A connection closing within this time without payload is a probe [default: 1s].
     #[arg(long = "classify.probe-max-lifetime", value_name = "DURATION", value_parser = parse_threshold)]
     pub probe_max_lifetime: Option<Duration>,
+    /// Apply the classification heuristics; false leaves rules only [default: true].
+    #[arg(long = "classify.heuristics", value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub heuristics: Option<bool>,
     /// Payload bytes a probe may carry each way [default: 0].
     #[arg(long = "classify.probe-max-bytes", value_name = "BYTES")]
     pub probe_max_bytes: Option<u64>,
@@ -186,6 +189,7 @@ struct FileClassify {
     #[serde(default, deserialize_with = "de_threshold")]
     probe_max_lifetime: Option<Duration>,
     probe_max_bytes: Option<u64>,
+    heuristics: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -524,6 +528,9 @@ impl Config {
         }
         if let Some(v) = args.probe_max_bytes.or(c.probe_max_bytes) {
             t.probe_max_bytes = v;
+        }
+        if let Some(v) = args.heuristics.or(c.heuristics) {
+            t.heuristics = v;
         }
         if let Some(v) = args.destroy_events {
             config.destroy_events = v;

@@ -400,3 +400,43 @@ fn a_close_without_its_destroy_event_waits_one_sample_and_counts_as_a_lost_event
     assert_eq!((http.opened_total, http.closed_total), (2, 2));
     assert_eq!(model.tracker.missed_events(), 1);
 }
+
+#[test]
+fn without_heuristics_only_rules_classify_and_everything_counts_at_first_sight() {
+    let thresholds = Thresholds {
+        heuristics: false,
+        ..Thresholds::default()
+    };
+    let rules = [Rule {
+        port: 8081,
+        peer: None,
+        class: "websocket".into(),
+    }];
+    let (model, events) = replay(
+        r#"
+        watched = [80, 8081]
+        [[sample]]
+        at = "0s"
+        listeners = [{ port = 80 }, { port = 8081 }]
+        [[sample]]
+        at = "1s"
+        listeners = [{ port = 80 }, { port = 8081 }]
+        sockets = [
+          { cookie = 1, state = "established", port = 80, peer = "10.250.1.1:40001" },
+          { cookie = 2, state = "established", port = 8081, peer = "10.250.1.1:40002" },
+        ]
+        [[sample]]
+        at = "3s"
+        listeners = [{ port = 80 }, { port = 8081 }]
+        sockets = [
+          { cookie = 1, state = "established", port = 80, peer = "10.250.1.1:40001", segs_in = 1, segs_out = 9 },
+          { cookie = 2, state = "established", port = 8081, peer = "10.250.1.1:40002" },
+        ]
+        "#,
+        Classifier::new(&rules, thresholds),
+    );
+    assert_eq!(events[1].len(), 2);
+    assert_eq!(class_of(&model, 80, "unclassified").states[ESTABLISHED], 1);
+    assert_eq!(class_of(&model, 8081, "websocket").states[ESTABLISHED], 1);
+    assert_eq!(model.aggregates.ports[&80].upgraded_total, 0);
+}

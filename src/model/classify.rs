@@ -141,6 +141,9 @@ pub struct Thresholds {
     pub probe_max_lifetime_ms: u64,
     /// Payload bytes a probe may carry in each direction (0: none at all).
     pub probe_max_bytes: u64,
+    /// Apply the heuristics; when false, only rules classify and everything else is
+    /// `unclassified` from first sight.
+    pub heuristics: bool,
 }
 
 impl Default for Thresholds {
@@ -152,6 +155,7 @@ impl Default for Thresholds {
             http_max_lifetime_ms: 3_600_000,
             probe_max_lifetime_ms: 1_000,
             probe_max_bytes: 0,
+            heuristics: true,
         }
     }
 }
@@ -311,6 +315,12 @@ impl Classifier {
             ev.flags = RULE;
             ev.reason = Reason::Rule;
             return (class, ev);
+        }
+        if !self.thresholds.heuristics {
+            // Rules only: the port's class is final, as if a rule had said so.
+            ev.flags = RULE;
+            ev.reason = Reason::Rule;
+            return (UNCLASSIFIED, ev);
         }
         let Some(info) = &record.info else {
             return (UNCLASSIFIED, ev);

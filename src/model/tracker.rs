@@ -158,7 +158,7 @@ impl Step<'_> {
         }
         let waited = self.now.saturating_sub(t.first_seen_ms)
             >= self.classifier.thresholds().probe_max_lifetime_ms;
-        if t.class != UNCLASSIFIED || waited {
+        if t.class != UNCLASSIFIED || waited || t.evidence.by_rule() {
             t.flags |= COUNTED_OPEN;
             self.events.push(LifecycleEvent::Opened {
                 cookie,
