@@ -298,3 +298,38 @@ fn silent_connections_closed_quickly_are_probes() {
         "nothing else was counted"
     );
 }
+
+#[test]
+fn one_dump_for_both_families_returns_what_one_dump_per_family_returns() {
+    use drainwatch::source::netlink::SockDiag;
+    use drainwatch::source::request::{DumpSpec, Family};
+    let v6 = TcpListener::bind(SocketAddr::from((Ipv6Addr::LOCALHOST, 0))).unwrap();
+    let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
+    let ports = vec![
+        v4.local_addr().unwrap().port(),
+        v6.local_addr().unwrap().port(),
+    ];
+    let _a = connect(&v6, 30);
+    let _b = connect(&v4, 20);
+    let spec = |family| DumpSpec {
+        family,
+        listeners: true,
+        connections: true,
+        local_ports: Some({
+            let mut p = ports.clone();
+            p.sort_unstable();
+            p
+        }),
+    };
+    let mut diag = SockDiag::new();
+    let mut both = Vec::new();
+    diag.dump(&spec(Family::Any), &mut both).unwrap();
+    let mut each = Vec::new();
+    diag.dump(&spec(Family::V4), &mut each).unwrap();
+    diag.dump(&spec(Family::V6), &mut each).unwrap();
+    let cookies = |v: &[drainwatch::model::socket::SocketRecord]| {
+        v.iter().map(|r| r.cookie).collect::<BTreeSet<u64>>()
+    };
+    assert_eq!(both.len(), 52, "50 server sockets and 2 listeners");
+    assert_eq!(cookies(&both), cookies(&each));
+}

@@ -20,6 +20,8 @@ pub const NLMSG_NOOP: u16 = 1;
 pub const NLMSG_ERROR: u16 = 2;
 pub const NLMSG_DONE: u16 = 3;
 pub const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// Replies to a `TCPDIAG_GETSOCK` request carry the request's type.
+pub const TCPDIAG_GETSOCK: u16 = 18;
 /// `NLM_F_DUMP_INTR`: the dump was interrupted by a concurrent change and is inconsistent.
 pub const NLM_F_DUMP_INTR: u16 = 0x10;
 /// `INET_DIAG_INFO` attribute type.
@@ -112,7 +114,9 @@ pub fn decode_datagram(buf: &[u8], out: &mut Vec<SocketRecord>) -> Result<Progre
             return Err(DecodeError::Interrupted);
         }
         match kind {
-            SOCK_DIAG_BY_FAMILY => out.push(decode_inet_diag_msg(payload, offset + NLMSG_HDRLEN)?),
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => {
+                out.push(decode_inet_diag_msg(payload, offset + NLMSG_HDRLEN)?)
+            }
             NLMSG_DONE => {
                 // The dump's final status; negative is an errno (e.g. -EINTR).
                 if payload.len() >= 4 && i32_ne(payload, 0) < 0 {

@@ -21,20 +21,20 @@ pub const INET_DIAG_BC_S_EQ: u8 = 11;
 /// `1 << TCP_NEW_SYN_RECV`, missing from the crate's state flags.
 const TCPF_NEW_SYN_RECV: u32 = 1 << 12;
 
+/// `TCPDIAG_GETSOCK`: the original inet_diag request type, still served by every kernel.
+pub const TCPDIAG_GETSOCK: u16 = 18;
+/// `sizeof(struct inet_diag_req)`, the request of `TCPDIAG_GETSOCK`.
+pub const INET_DIAG_REQ_V1_LEN: usize = 60;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     V4,
     V6,
-}
-
-impl Family {
-    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
-    pub fn label(self) -> &'static str {
-        match self {
-            Family::V4 => "ipv4",
-            Family::V6 => "ipv6",
-        }
-    }
+    /// Both families in one dump. TCP keeps IPv4 and IPv6 sockets in one hash table, which
+    /// every dump walks whole, so one dump for both costs one walk where a dump per family costs
+    /// two. `SOCK_DIAG_BY_FAMILY` cannot express it; `TCPDIAG_GETSOCK` dumps with
+    /// `sdiag_family = AF_UNSPEC` (`inet_diag_dump_compat()` in net/ipv4/inet_diag.c).
+    Any,
 }
 
 /// What one dump asks the kernel for.
@@ -83,6 +83,28 @@ pub const MAX_FILTER_PORTS: usize = 4096;
 
 /// Serialises a dump request with sequence number `seq`.
 pub fn build_request(spec: &DumpSpec, seq: u32) -> Vec<u8> {
+    let mut buf = match spec.family {
+        Family::Any => build_header_any(spec, seq),
+        family => build_header_v2(spec, family, seq),
+    };
+    if let Some(ports) = &spec.local_ports {
+        let bc = port_filter_bytecode(ports);
+        if !bc.is_empty() {
+            let nla_len = (4 + bc.len()) as u16;
+            buf.extend_from_slice(&nla_len.to_ne_bytes());
+            buf.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+            buf.extend_from_slice(&bc);
+            while buf.len() % 4 != 0 {
+                buf.push(0);
+            }
+            let len = buf.len() as u32;
+            buf[0..4].copy_from_slice(&len.to_ne_bytes());
+        }
+    }
+    buf
+}
+
+fn state_mask(spec: &DumpSpec) -> u32 {
     let mut states = StateFlags::empty();
     if spec.listeners {
         states |= StateFlags::LISTEN;
@@ -97,9 +119,41 @@ pub fn build_request(spec: &DumpSpec, seq: u32) -> Vec<u8> {
             | StateFlags::LAST_ACK
             | StateFlags::CLOSING;
     }
-    let (family, socket_id) = match spec.family {
-        Family::V4 => (AF_INET, SocketId::new_v4()),
+    let mut mask = states.bits();
+    if spec.connections {
+        mask |= TCPF_NEW_SYN_RECV;
+    }
+    mask
+}
+
+/// `nlmsghdr` + `struct inet_diag_req` (v1) for both families, written by hand: the crate
+/// only builds v2 requests.
+fn build_header_any(spec: &DumpSpec, seq: u32) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(
+        16 + INET_DIAG_REQ_V1_LEN + 4 + spec.local_ports.as_ref().map_or(0, |p| p.len() * 12),
+    );
+    let len = (16 + INET_DIAG_REQ_V1_LEN) as u32;
+    buf.extend_from_slice(&len.to_ne_bytes());
+    buf.extend_from_slice(&TCPDIAG_GETSOCK.to_ne_bytes());
+    buf.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid
+    let ext: u8 = if spec.connections {
+        1 << (crate::source::decode::INET_DIAG_INFO - 1)
+    } else {
+        0
+    };
+    buf.extend_from_slice(&[0, 0, 0, ext]); // idiag_family (ignored: AF_UNSPEC), src_len, dst_len, idiag_ext
+    buf.extend_from_slice(&[0u8; 48]); // id: struct inet_diag_sockid, all wildcards
+    buf.extend_from_slice(&state_mask(spec).to_ne_bytes()); // idiag_states
+    buf.extend_from_slice(&0u32.to_ne_bytes()); // idiag_dbs
+    buf
+}
+
+fn build_header_v2(spec: &DumpSpec, family: Family, seq: u32) -> Vec<u8> {
+    let (family, socket_id) = match family {
         Family::V6 => (AF_INET6, SocketId::new_v6()),
+        _ => (AF_INET, SocketId::new_v4()),
     };
     let extensions = if spec.connections {
         ExtensionFlags::INFO
@@ -115,7 +169,7 @@ pub fn build_request(spec: &DumpSpec, seq: u32) -> Vec<u8> {
             family,
             protocol: IPPROTO_TCP,
             extensions,
-            states,
+            states: StateFlags::from_bits_retain(state_mask(spec)),
             socket_id,
         })
         .into(),
@@ -123,26 +177,5 @@ pub fn build_request(spec: &DumpSpec, seq: u32) -> Vec<u8> {
     message.finalize();
     let mut buf = vec![0u8; message.buffer_len()];
     message.serialize(&mut buf);
-    if spec.connections {
-        // idiag_states is a u32 at offset 16 (nlmsghdr) + 4.
-        let at = 16 + 4;
-        let mut s = u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
-        s |= TCPF_NEW_SYN_RECV;
-        buf[at..at + 4].copy_from_slice(&s.to_ne_bytes());
-    }
-    if let Some(ports) = &spec.local_ports {
-        let bc = port_filter_bytecode(ports);
-        if !bc.is_empty() {
-            let nla_len = (4 + bc.len()) as u16;
-            buf.extend_from_slice(&nla_len.to_ne_bytes());
-            buf.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
-            buf.extend_from_slice(&bc);
-            while buf.len() % 4 != 0 {
-                buf.push(0);
-            }
-            let len = buf.len() as u32;
-            buf[0..4].copy_from_slice(&len.to_ne_bytes());
-        }
-    }
     buf
 }

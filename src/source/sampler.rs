@@ -70,15 +70,13 @@ impl Sampler {
         snapshot.destroyed.clear();
         self.scratch.clear();
         let selected = if watch.discovers() {
-            for family in Family::ALL {
-                let spec = DumpSpec {
-                    family,
-                    listeners: true,
-                    connections: false,
-                    local_ports: None,
-                };
-                self.diag.dump(&spec, &mut self.scratch)?;
-            }
+            let spec = DumpSpec {
+                family: Family::Any,
+                listeners: true,
+                connections: false,
+                local_ports: None,
+            };
+            self.diag.dump(&spec, &mut self.scratch)?;
             let listening: BTreeSet<u16> = self.scratch.iter().map(|r| r.local_port).collect();
             let selected = watch.select(&listening, draining);
             let watched: BTreeSet<u16> = selected.ports.iter().copied().collect();
@@ -89,29 +87,25 @@ impl Sampler {
                     .map(listener_of),
             );
             if !selected.ports.is_empty() {
-                for family in Family::ALL {
-                    let spec = DumpSpec {
-                        family,
-                        listeners: false,
-                        connections: true,
-                        local_ports: Some(selected.ports.clone()),
-                    };
-                    self.diag.dump(&spec, &mut snapshot.sockets)?;
-                }
+                let spec = DumpSpec {
+                    family: Family::Any,
+                    listeners: false,
+                    connections: true,
+                    local_ports: Some(selected.ports.clone()),
+                };
+                self.diag.dump(&spec, &mut snapshot.sockets)?;
             }
             selected
         } else {
             let selected = watch.select(&BTreeSet::new(), draining);
             if !selected.ports.is_empty() {
-                for family in Family::ALL {
-                    let spec = DumpSpec {
-                        family,
-                        listeners: true,
-                        connections: true,
-                        local_ports: Some(selected.ports.clone()),
-                    };
-                    self.diag.dump(&spec, &mut snapshot.sockets)?;
-                }
+                let spec = DumpSpec {
+                    family: Family::Any,
+                    listeners: true,
+                    connections: true,
+                    local_ports: Some(selected.ports.clone()),
+                };
+                self.diag.dump(&spec, &mut snapshot.sockets)?;
             }
             snapshot.listeners.extend(
                 snapshot
