@@ -1,6 +1,8 @@
 //! The binary as a user runs it: bad input exits 2 naming the problem; with no configuration
 //! it serves every listening port within 2 s, promtool accepts a live scrape, SIGTERM stops it.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -184,29 +186,7 @@ fn default_run_serves_every_listening_port_within_two_seconds() {
     }
 
     // promtool lints a live scrape.
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is required (the README's test command installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool: {report}"
-    );
+    common::promtool_check_metrics(&body);
 
     // SIGTERM: graceful shutdown, exit 0.
     let pid = server.0.id().to_string();

@@ -8,6 +8,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+mod common;
+
 use drainwatch::app::Pipeline;
 use drainwatch::config::Config;
 use drainwatch::model::aggregate::ClassAggregate;
@@ -60,28 +62,20 @@ fn dump_only(ports: &[u16]) -> Pipeline {
     })
 }
 
-/// Every class of `port` added up.
 fn port_class(p: &Pipeline, port: u16) -> ClassAggregate {
-    let mut sum = ClassAggregate::default();
-    for ca in p.model().aggregates.ports[&port].classes.values() {
-        for (s, v) in sum.states.iter_mut().zip(ca.states) {
-            *s += v;
-        }
-        sum.opened_total += ca.opened_total;
-        sum.closed_total += ca.closed_total;
-        sum.lifetime.count += ca.lifetime.count;
-    }
-    sum
+    common::all(p.model(), port)
 }
 
 fn class_named(p: &Pipeline, port: u16, class: &str) -> ClassAggregate {
     let model = p.model();
-    model.aggregates.ports[&port]
+    if !model.aggregates.ports[&port]
         .classes
-        .iter()
-        .find(|(id, _)| model.classifier.table().name(**id) == class)
-        .map(|(_, ca)| ca.clone())
-        .unwrap_or_default()
+        .keys()
+        .any(|id| model.classifier.table().name(*id) == class)
+    {
+        return ClassAggregate::default();
+    }
+    common::class_of(model, port, class)
 }
 
 #[test]
