@@ -458,6 +458,29 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
     }
     let mut m = family(
         enc,
+        "drainwatch_source_info",
+        "The data sources running and what their numbers are worth; always 1.",
+        MetricType::Gauge,
+    )?;
+    let events_precision = if s.events_subscribed {
+        "exact"
+    } else {
+        "unavailable"
+    };
+    for (source, precision) in [
+        ("sock_diag", "per_sample"),
+        ("destroy_events", events_precision),
+        ("procfs", "host"),
+        ("tracepoints", "unavailable"),
+    ] {
+        gauge(
+            &mut m,
+            &vec![("source", source), ("precision", precision)],
+            1.0,
+        )?;
+    }
+    let mut m = family(
+        enc,
         "drainwatch_build_info",
         "Build of the running drainwatch; always 1.",
         MetricType::Gauge,
