@@ -101,7 +101,7 @@ pub struct RunArgs {
     /// Payload bytes a probe may carry each way [default: 0].
     #[arg(long = "classify.probe-max-bytes", value_name = "BYTES")]
     pub probe_max_bytes: Option<u64>,
-    /// Subscribe to sock_diag destroy events (needs CAP_NET_ADMIN) [default: true].
+    /// Subscribe to sock_diag destroy events for exact counts [default: true].
     #[arg(long = "source.destroy-events", value_name = "BOOL", action = clap::ArgAction::Set)]
     pub destroy_events: Option<bool>,
     /// Serve GET /api/v1/connections (lists peer addresses; off by default).

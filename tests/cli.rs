@@ -263,3 +263,64 @@ fn a_failing_source_is_counted_and_the_exporter_keeps_serving() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Starts the exporter (as `user`, when given) and returns its first /metrics page that has
+/// sampled `port`.
+fn first_page(port: u16, user: Option<&str>, extra: &[&str]) -> String {
+    let listen = format!("127.0.0.1:{port}");
+    let mut command = match user {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                "--",
+            ]);
+            c.arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    command
+        .args([
+            "--web.listen-address",
+            &listen,
+            "--watch.port",
+            &port.to_string(),
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _server = Server(command.spawn().expect("setpriv (util-linux) is installed"));
+    let started = Instant::now();
+    loop {
+        if let Some(body) = http_get(port, "/metrics") {
+            if body.contains(&format!("drainwatch_listening{{port=\"{port}\"}} 1")) {
+                return body;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "no sample");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn as_an_unprivileged_user_dumps_and_destroy_events_both_work() {
+    // sock_diag dumps and destroy-event subscriptions are open to any user
+    // (NL_CFG_F_NONROOT_RECV); only SO_RCVBUFFORCE needs CAP_NET_ADMIN.
+    let body = first_page(free_port(), Some("65534"), &[]);
+    assert!(body.contains("drainwatch_source_up{source=\"sock_diag\"} 1"));
+    assert!(body.contains("drainwatch_source_up{source=\"destroy_events\"} 1"));
+    assert!(
+        body.contains("drainwatch_source_info{source=\"destroy_events\",precision=\"exact\"} 1")
+    );
+}
+
+#[test]
+fn without_destroy_events_it_counts_from_dumps_and_says_so() {
+    let body = first_page(free_port(), None, &["--source.destroy-events=false"]);
+    assert!(body
+        .contains("drainwatch_source_info{source=\"destroy_events\",precision=\"unavailable\"} 1"));
+    assert!(!body.contains("drainwatch_events_received_total"));
+}

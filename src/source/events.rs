@@ -1,6 +1,7 @@
 //! sock_diag destroy events: the kernel multicasts an `inet_diag_msg` with the final tcp_info of
 //! every full TCP socket it frees (groups SKNLGRP_INET_TCP_DESTROY and SKNLGRP_INET6_TCP_DESTROY,
-//! as `ss -E` listens to). Subscribing needs CAP_NET_ADMIN; events are per network namespace, like
+//! as `ss -E` listens to). Any user may subscribe (the kernel sets NL_CFG_F_NONROOT_RECV); only a
+//! buffer beyond net.core.rmem_max needs CAP_NET_ADMIN. Events are per network namespace, like
 //! the socket that receives them.
 //!
 //! A reader thread receives events as they come and keeps those of the watched ports; the
