@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 import tomllib
+import traceback
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +44,9 @@ class Interrupted(Exception):
 
 
 def _on_signal(signum: int, _frame) -> None:
+    # One interrupt is enough: a second one must not cut the cleanup short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Interrupted(signal.Signals(signum).name)
 
 
@@ -81,7 +85,7 @@ def load_scenario(name: str) -> dict:
     return scenario
 
 
-# --- actions: what a phase does at its start (and undoes at its end) ------
+# --- actions: what a phase does at its start (undone on time or at its end) -
 
 class Driver:
     """Performs phase actions on a running stack and keeps the fault bookkeeping."""
@@ -137,16 +141,17 @@ class Driver:
         return f"SIGKILL {pids}"
 
     def blackhole(self) -> str:
-        """Drop every packet on backend 1's LB link except drainwatch's scrapes."""
-        t = time.time()
-        keep = services.DRAINWATCH_PORT
-        _nft(f"add table inet {NFT_TABLE}")
-        _nft(f"add chain inet {NFT_TABLE} in {{ type filter hook input priority 0 ; }}")
-        _nft(f"add chain inet {NFT_TABLE} out {{ type filter hook output priority 0 ; }}")
-        _nft(f'add rule inet {NFT_TABLE} in iifname "{topo.BACKEND_DEV}" tcp dport != {keep} drop')
-        _nft(f'add rule inet {NFT_TABLE} out oifname "{topo.BACKEND_DEV}" tcp sport != {keep} drop')
-        self.faults.append({"kind": "blackhole", "start": t, "end": None, "ports": [80]})
-        return f"nft drop on {topo.BACKEND_DEV}, tcp except :{keep}"
+        """Backend 1 vanishes from the network: the LB host drops every packet from
+        and to it, drainwatch's scrapes excepted. (Dropping inside backend 1 would
+        not do: a local drop is an error the sending TCP sees, not a lost packet.)"""
+        keep, dev = services.DRAINWATCH_PORT, "to-b1"
+        _nft([f"add table inet {NFT_TABLE}",
+              f"add chain inet {NFT_TABLE} in {{ type filter hook input priority 0 ; }}",
+              f"add chain inet {NFT_TABLE} out {{ type filter hook output priority 0 ; }}",
+              f'add rule inet {NFT_TABLE} in iifname "{dev}" tcp sport != {keep} drop',
+              f'add rule inet {NFT_TABLE} out oifname "{dev}" tcp dport != {keep} drop'])
+        self.faults.append({"kind": "blackhole", "start": time.time(), "end": None, "ports": [80]})
+        return f"nft drop on the LB's {dev}, tcp except :{keep}"
 
     def forced_rst(self) -> str:
         """Abort every established socket on the watched ports (RST sent)."""
@@ -169,22 +174,23 @@ class Driver:
         return f"SO_LINGER-0 aborts for {seconds}s"
 
     def drop_flows(self) -> str:
-        """Drop both directions of a few established :80 flows for `drop_seconds`."""
+        """The LB host drops both directions of a few established :80 flows for `drop_seconds`."""
         flows = self._pick_flows(self.scenario["faults"]["drop_flows"])
+        backend = topo.BACKEND_ADDRS[topo.B1]
+        script = [f"add table inet {NFT_TABLE}",
+                  f"add chain inet {NFT_TABLE} drops_in {{ type filter hook input priority 0 ; }}",
+                  f"add chain inet {NFT_TABLE} drops_out {{ type filter hook output priority 0 ; }}"]
+        for _, port in flows:
+            script.append(f"add rule inet {NFT_TABLE} drops_in ip saddr {backend} tcp sport 80 tcp dport {port} drop")
+            script.append(f"add rule inet {NFT_TABLE} drops_out ip daddr {backend} tcp dport 80 tcp sport {port} drop")
+        _nft(script)
         t = time.time()
-        _nft(f"add table inet {NFT_TABLE}")
-        _nft(f"add chain inet {NFT_TABLE} drops_in {{ type filter hook input priority 0 ; }}")
-        _nft(f"add chain inet {NFT_TABLE} drops_out {{ type filter hook output priority 0 ; }}")
-        for ip, port in flows:
-            _nft(f"add rule inet {NFT_TABLE} drops_in ip saddr {ip} tcp sport {port} tcp dport 80 drop")
-            _nft(f"add rule inet {NFT_TABLE} drops_out ip daddr {ip} tcp dport {port} tcp sport 80 drop")
         seconds = self.scenario["faults"]["drop_seconds"]
         record = {"kind": "drop_flows", "start": t, "end": None, "flows": [[80, ip, port] for ip, port in flows]}
         self.faults.append(record)
 
         def lift() -> None:
-            _nft(f"delete chain inet {NFT_TABLE} drops_in")
-            _nft(f"delete chain inet {NFT_TABLE} drops_out")
+            _nft([f"delete chain inet {NFT_TABLE} drops_in", f"delete chain inet {NFT_TABLE} drops_out"])
             record["end"] = time.time()
         self.undo.append((t + seconds, lift))
         return f"{len(flows)} flows for {seconds}s"
@@ -217,8 +223,9 @@ ACTIONS = {name: getattr(Driver, name) for name in (
     "blackhole", "forced_rst", "client_aborts", "drop_flows", "backend_rst")}
 
 
-def _nft(rule: str) -> None:
-    topo.run(topo.in_ns(topo.B1, ["nft", rule]))
+def _nft(commands: list[str]) -> None:
+    """Apply nft commands on the LB host as one transaction, so a fault starts at one instant."""
+    topo.run(topo.in_ns(topo.LB, ["nft", "-f", "-"]), stdin="\n".join(commands) + "\n")
 
 
 def _children(pid: int) -> list[int]:
@@ -274,6 +281,7 @@ def run_scenario(scenario: dict, out: Path, python: str, drainwatch: str) -> boo
             "faults": driver.faults,
             "app_b1": stack.app_admin("b1", "GET", "/admin/stats") if stack.alive("b1-app") else None,
             "haproxy_show_stat": stack.haproxy("show stat"),
+            "alert_rule_files": stack.rule_files(),
         }
         (run_dir / "timeline.json").write_text(json.dumps(timeline, indent=1))
     finally:
@@ -313,7 +321,7 @@ def judge(scenario: dict, out: Path) -> bool:
              "clients_ws_1001": sum(1 for c in clients if c["cls"] == "ws" and c["close_code"] == 1001)}
     samples = compare.samples_from(scrapes)
     rows = compare.Evaluator(scenario, phases, capture, samples, services.SAMPLE_INTERVAL, stats,
-                                faults).run()
+                             faults, compare.destroy_events_up(scrapes)).run()
     passed = all(r.passed is not False for r in rows)
 
     truth = {"scenario": scenario["name"], **timeline, "capture": _capture_json(capture),
@@ -398,17 +406,23 @@ def main() -> int:
             try:
                 results[scenario["name"]] = run_scenario(scenario, args.out / scenario["name"], args.python,
                                                          args.drainwatch)
-            except (RuntimeError, TimeoutError, OSError, ValueError) as exc:
+            except Interrupted:
+                raise
+            except Exception as exc:  # a broken scenario fails, the others still run
+                traceback.print_exc()
                 print(f"[{scenario['name']}] ERROR: {exc}", file=sys.stderr, flush=True)
                 results[scenario["name"]] = False
             print(f"[{scenario['name']}] took {time.monotonic() - t:.0f}s", flush=True)
     except Interrupted as exc:
         print(f"interrupted by {exc}; cleaned up", file=sys.stderr)
         return 130
+    finally:
+        with signals_deferred():
+            topo.cleanup()  # normally a no-op: each scenario cleans up after itself
     for name, ok in results.items():
         print(f"{name}: {'PASS' if ok else 'FAIL'}")
-    print(f"{sum(results.values())} passed, {len(results) - sum(results.values())} failed "
-          f"in {time.monotonic() - started:.0f}s")
+    print(f"e2e scenarios took {time.monotonic() - started:.0f}s")
+    print(f"{sum(results.values())} passed, {len(results) - sum(results.values())} failed")
     return 0 if all(results.values()) else 1
 
 

@@ -115,19 +115,16 @@ class Stack:
 
     # --- components -------------------------------------------------------
 
-    def start_capture(self) -> Path:
+    def start_capture(self) -> None:
         """tcpdump on backend 1, all interfaces (the LB link and loopback)."""
-        pcap = self.run_dir / "b1.pcap"
         ports = " or ".join(f"port {p}" for p in WATCHED_PORTS)
-        proc = self.start("capture", topo.B1, ["tcpdump", "-i", "any", "-n", "-U", "-s", "128",
-                                               "-w", str(pcap), f"tcp and ({ports})"])
+        proc = self.start("capture", topo.B1, ["tcpdump", "-i", "any", "-n", "-U", "-s", "128", "-Z", "root",
+                                               "-w", str(self.run_dir / "b1.pcap"), f"tcp and ({ports})"])
         self.wait_for("tcpdump", lambda: b"listening on" in proc.log.read_bytes(), 10)
-        return pcap
 
     def start_backend(self, ns: str, name: str) -> None:
         host_dir = self.run_dir / name
-        for sub in ("tmp",):
-            (host_dir / sub).mkdir(parents=True, exist_ok=True)
+        (host_dir / "tmp").mkdir(parents=True)
         admin = host_dir / "app-admin.sock"
         app = self.start(f"{name}-app", ns, [self.python, str(HERE / "app.py"), "--name", name,
                                               "--port", str(APP_PORT), "--admin-socket", str(admin)])
@@ -195,6 +192,7 @@ class Stack:
         self.wait_for("prometheus target up", lambda: self._target_up(), 30)
 
     def rule_files(self) -> list[str]:
+        """The alert rule files Prometheus loaded (the config names them by glob)."""
         return sorted(glob.glob(str(self.repo / "alerts" / "*.yml")))
 
     def _target_up(self) -> bool:

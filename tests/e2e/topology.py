@@ -54,9 +54,9 @@ LINKS = (
 BACKEND_DEV = "to-lb"
 
 
-def run(args: list[str], check: bool = True, timeout: float = CMD_TIMEOUT) -> str:
+def run(args: list[str], check: bool = True, timeout: float = CMD_TIMEOUT, stdin: str | None = None) -> str:
     """Run a short command and return its stdout."""
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, input=stdin)
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc.stdout

@@ -11,11 +11,12 @@ packets:
     peer FIN first    -> CLOSE_WAIT -> LAST_ACK -> gone at the peer's last ACK;
     RST either way    -> gone.
 
-Packets the backend's firewall dropped after the capture saw them (blackhole
-and per-connection drop faults, known from the fault bookkeeping) are left out.
-Where a dropped connection may have died silently (retransmission timeout, no
-packet on the wire), its state is marked uncertain instead of guessed, so every
-count is a [lo, hi] range.
+Faults that drop packets (blackhole, per-connection drops; known from the
+fault bookkeeping) do so on the LB host, so the capture on backend 1 holds
+exactly what its sockets sent and received. A socket that keeps
+retransmitting into a drop dies silently at the tcp_retries2 give-up; the span
+in which that happens, or in which a socket may or may not have died, is marked
+uncertain instead of guessed, so every count is a [lo, hi] range.
 
 Only IPv4 is parsed: the test network is 10.250.0.0/16.
 """
@@ -33,6 +34,10 @@ from typing import Iterable, Iterator
 TIME_WAIT_SECONDS = 60.0  # fixed in Linux (TCP_TIMEWAIT_LEN)
 TCP_RTO_MIN = 0.2
 TCP_RTO_MAX = 120.0
+# Linux's timer wheel fires a timer up to 1/8 of its timeout late (its level's granularity);
+# plus a few milliseconds of tick and scheduling.
+TIMER_SLACK = 0.125
+TIMER_JITTER = 0.005
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 
@@ -62,6 +67,7 @@ class Packet:
     dst: str
     dport: int
     flags: int
+    length: int = 0  # TCP payload bytes
 
 
 def read_pcap(path: Path) -> Iterator[Packet]:
@@ -115,14 +121,15 @@ def _parse_ipv4_tcp(ip: bytes, t: float) -> Packet | None:
     sport, dport = struct.unpack_from(">HH", ip, ihl)
     src = ".".join(str(b) for b in ip[12:16])
     dst = ".".join(str(b) for b in ip[16:20])
-    return Packet(t, src, sport, dst, dport, ip[ihl + 13])
+    length = struct.unpack_from(">H", ip, 2)[0] - ihl - (ip[ihl + 12] >> 4) * 4
+    return Packet(t, src, sport, dst, dport, ip[ihl + 13], max(length, 0))
 
 
 @dataclass(frozen=True)
 class DropWindow:
-    """Packets to backend 1 that its firewall dropped between start and end.
+    """Packets from and to backend 1 that the network dropped between start and end.
 
-    Either every packet to `ports`, or only the listed flows, each given as
+    Either every flow of `ports`, or only the listed flows, each given as
     (local_port, peer_ip, peer_port). end is None for a drop never lifted.
     """
 
@@ -154,13 +161,17 @@ class Conn:
     tw: float | None = None       # TIME_WAIT entry
     gone: float | None = None     # socket no longer exists
     partial: bool = False         # started before the capture
-    # Interval in which the socket may have died silently (see DropWindow).
+    # Span in which the socket may have died silently (see Capture._mark_uncertain).
     uncertain: tuple[float, float] | None = None
-    packets: list[float] = field(default_factory=list, repr=False)  # kept only when drops exist
+    died: float | None = None     # dead by retransmission give-up by this time at the latest
+    # Kept only when drops exist: times of all packets, and of the segments the
+    # socket sent that would be retransmitted (payload or FIN).
+    packets: list[float] = field(default_factory=list, repr=False)
+    sent: list[float] = field(default_factory=list, repr=False)
 
     @property
     def est_end(self) -> float:
-        ends = [t for t in (self.fin_in, self.fin_out, self.rst_in, self.rst_out) if t is not None]
+        ends = [t for t in (self.fin_in, self.fin_out, self.rst_in, self.rst_out, self.died) if t is not None]
         return min(ends) if ends else INF
 
     @property
@@ -179,6 +190,8 @@ class Conn:
             return "rst_in"
         if first == self.rst_out:
             return "rst_out"
+        if first == self.died:
+            return "timeout"
         return "server_fin_first" if first == self.fin_out else "peer_fin_first"
 
 
@@ -216,9 +229,6 @@ class Capture:
             return
         truth = self.ports[port]
         sec = truth.per_second[int(pkt.t)]
-        if inbound and any(w.covers(pkt.t) and w.matches(port, *peer) for w in self.drops):
-            sec["dropped_in"] += 1
-            return
         _count_flags(sec, pkt.flags, inbound)
         if pkt.flags & RST:
             truth.resets.append((pkt.t, inbound, peer))
@@ -246,6 +256,8 @@ class Capture:
             return
         if self.drops:
             conn.packets.append(pkt.t)
+            if not inbound and (pkt.length > 0 or pkt.flags & FIN):
+                conn.sent.append(pkt.t)
         if f & RST:
             if inbound:
                 conn.rst_in = conn.rst_in or pkt.t
@@ -272,18 +284,48 @@ class Capture:
             conn.gone = pkt.t  # the peer's ACK of our FIN ends LAST_ACK
 
     def _mark_uncertain(self, timeout: float) -> None:
+        """Where a drop may have killed a socket without a packet on the wire.
+
+        A socket whose segments go unanswered retransmits with a doubling
+        timeout (all of it in the capture) and gives up at the first timer
+        expiry at least `timeout` (tcp_retries2) after the first unanswered
+        segment: the expiry after its last retransmission. The last interval
+        between retransmissions is the previous timeout plus up to
+        TIMER_SLACK of it, and the next timeout is twice the previous one,
+        again plus up to TIMER_SLACK, which bounds the death. A socket that
+        sent nothing under the drop has nothing to retransmit and cannot time
+        out. If the drop is lifted first, or too little was retransmitted to
+        tell, the socket may have lived or died: uncertain until its next
+        packet.
+        """
         for truth in self.ports.values():
             for conn in truth.conns:
                 for w in self.drops:
-                    if not w.matches(conn.port, *conn.peer):
+                    if not w.matches(conn.port, *conn.peer) or conn.est is None:
                         continue
-                    u0 = w.start + timeout
-                    if conn.est is None or conn.est >= u0 or conn.est_end <= u0 or (conn.gone or INF) <= u0:
+                    # A segment sent just before the drop may or may not have been answered.
+                    before = [t for t in conn.sent if w.start - 0.01 <= t < w.start]
+                    inside = [t for t in conn.sent if w.covers(t)]
+                    if not before and not inside:
                         continue
-                    after = [t for t in conn.packets if w.end is not None and t >= w.end]
-                    conn.uncertain = (u0, min(after) if after else INF)
+                    u0 = min(before + inside) + timeout
+                    if conn.est_end <= u0 or (conn.gone or INF) <= u0:
+                        continue
+                    u1 = INF
+                    if len(inside) >= 2:
+                        last, gap = inside[-1], inside[-1] - inside[-2]
+                        u0 = max(u0, last + 2 * gap / (1 + TIMER_SLACK)) - TIMER_JITTER
+                        u1 = last + 2 * gap * (1 + TIMER_SLACK) + TIMER_JITTER
+                    if u1 < INF and (w.end is None or w.end >= u1):
+                        conn.uncertain, conn.died = (u0, u1), u1
+                        conn.gone = u1 if conn.gone is None else min(conn.gone, u1)
+                        if conn.tw is not None and conn.tw > u1:
+                            conn.tw = None  # the peer's FIN came after the socket died
+                    else:
+                        after = [t for t in conn.packets if w.end is not None and t >= w.end]
+                        conn.uncertain = (u0, min(after) if after else INF)
             for conn in truth.conns:
-                conn.packets = []
+                conn.packets, conn.sent = [], []
 
 
 def _count_flags(sec: dict[str, int], flags: int, inbound: bool) -> None:
@@ -356,22 +398,36 @@ class Event:
     certain: bool
 
 
-def sampled_events(conns: list[Conn], samples: list[float], skew: float) -> dict[str, list[Event]]:
+def counted_events(conns: list[Conn], samples: list[float], skew: float,
+                   listener_gone: float = INF, exact: bool = False) -> dict[str, list[Event]]:
     """When a sampler that diffs socket tables at `samples` counts each connection.
 
-    A connection is `opened` at the first sample that sees its socket, and
-    `closed` at the first sample that sees it in TIME_WAIT or, failing that, at
-    the first sample after it has gone. A socket that lives and vanishes
+    A connection is `opened` at the first sample that sees its socket (from
+    the handshake's last ACK on: a request socket is not a connection yet),
+    and `closed` at the first sample that sees it in TIME_WAIT or, failing
+    that, at the first sample after it has gone.
+
+    Without destroy events (`exact` False) a socket that lives and vanishes
     between two samples (no TIME_WAIT on this side) is never counted: that is
-    the lower-bound nature of sampling. The sample instants are known only to
-    +-skew, and a socket may have died silently in its uncertain span, so each
-    event comes as a range of instants and may be uncertain.
+    the lower-bound nature of sampling. With them, the kernel reports every
+    full socket it frees (entering TIME_WAIT frees it too), so every
+    connection is counted, at the first sample after its handshake and the
+    first sample after its close.
+
+    A socket first seen once the port's listener is gone (`listener_gone`)
+    cannot be told from an outbound one and is not counted. The sample
+    instants are known only to +-skew, and a socket may have died silently in
+    its uncertain span, so each event comes as a range of instants and may be
+    uncertain.
     """
     events: dict[str, list[Event]] = {"opened": [], "closed": []}
     for c in conns:
+        if c.est is None:
+            continue
         gone = c.gone if c.gone is not None else INF
-        seen = [_first_sample(samples, c.syn + d, gone + d) for d in (-skew, skew)]
-        known = [s for s in seen if s is not None]
+        visible_until = INF if exact else gone
+        seen = [_first_sample(samples, c.est + d, visible_until + d) for d in (-skew, skew)]
+        known = [s for s in seen if s is not None and s < listener_gone]
         if not known:
             continue
         certain = len(known) == len(seen)
