@@ -123,6 +123,10 @@ impl Drop for DestroyEvents {
     }
 }
 
+/// Events kept between two samples at most (about 120 MiB); beyond, they are dropped and counted
+/// as an overflow, so a stalled sampler cannot make the reader grow without bound.
+const MAX_QUEUED: usize = 1 << 20;
+
 /// How often the reader thread wakes to check that it should stop.
 const READ_TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -158,11 +162,15 @@ fn read_loop(socket: Socket, queue: &Mutex<Queue>, ports: &ArcSwap<Vec<u16>>, st
         drained.received = batch.len() as u64;
         let watched = ports.load();
         let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
-        queue.records.extend(
-            batch
-                .drain(..)
-                .filter(|r| r.local_port == 0 || watched.binary_search(&r.local_port).is_ok()),
-        );
+        for record in batch.drain(..) {
+            if record.local_port == 0 || watched.binary_search(&record.local_port).is_ok() {
+                if queue.records.len() < MAX_QUEUED {
+                    queue.records.push(record);
+                } else {
+                    drained.overflowed = true;
+                }
+            }
+        }
         queue.drained.overflowed |= drained.overflowed;
         queue.drained.undecodable += drained.undecodable;
         queue.drained.received += drained.received;
