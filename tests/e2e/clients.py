@@ -4,7 +4,8 @@ Classes of connection:
   api    persistent HTTP/1.1 keep-alive connections, a request every U(lo, hi)
          seconds, reconnecting at once when the server closes them
   ws     long-lived WebSocket sessions (ping every 5 s), reconnecting with full
-         jitter exponential backoff
+         jitter exponential backoff; with --ws-lifetime LO HI the client ends each
+         session itself (close 1000) after U(LO, HI) seconds and reconnects
   short  one `Connection: close` request per connection, at a fixed rate
   abort  a request to /api/slow, then an abortive close (SO_LINGER 0, i.e. RST),
          at a fixed rate while enabled: SIGUSR1 enables, SIGUSR2 disables
@@ -194,10 +195,13 @@ class Load:
                 continue
             rec.up = time.time()
             reader = asyncio.create_task(self._ws_receive(ws, rec))
-            stopper = asyncio.create_task(self.pause(self.deadline - time.monotonic()))
+            hold = self.deadline - time.monotonic()
+            if self.args.ws_lifetime[1] > 0:
+                hold = min(hold, self.rng.uniform(*self.args.ws_lifetime))
+            stopper = asyncio.create_task(self.pause(hold))
             await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if not reader.done():
-                rec.end = "client_stop"
+                rec.end = "client_stop" if not self.running() else "client_lifetime"
                 await ws.close(code=1000)
                 await asyncio.wait_for(reader, 6.0)
             stopper.cancel()
@@ -208,7 +212,8 @@ class Load:
                 rec.end = "server_close" if exc is None else _failure(exc)
                 rec.detail = "" if exc is None else repr(exc)
             self.write(rec)
-            attempt = 0 if rec.close - rec.up > WS_STABLE_AFTER else attempt + 1
+            healthy = rec.end == "client_lifetime" or rec.close - rec.up > WS_STABLE_AFTER
+            attempt = 0 if healthy else attempt + 1
             await self.pause(self._backoff(attempt))
 
     async def _ws_receive(self, ws: aiohttp.ClientWebSocketResponse, rec: Record) -> None:
@@ -272,6 +277,8 @@ def main() -> None:
     parser.add_argument("--api", type=int, default=30)
     parser.add_argument("--api-interval", type=float, nargs=2, default=(0.2, 1.0))
     parser.add_argument("--ws", type=int, default=80)
+    parser.add_argument("--ws-lifetime", type=float, nargs=2, default=(0.0, 0.0),
+                        help="seconds after which a client ends its session itself (0 0: never)")
     parser.add_argument("--short-rate", type=float, default=4.0, help="connections per second")
     parser.add_argument("--abort-rate", type=float, default=0.0, help="connections per second while enabled")
     parser.add_argument("--ramp", type=float, default=5.0, help="seconds over which clients start")

@@ -12,6 +12,7 @@ import bisect
 import math
 from dataclasses import asdict, dataclass, field
 
+import classes as cl
 import truth as tr
 
 QUERIES = {
@@ -22,7 +23,18 @@ QUERIES = {
     "listening": "max by (port) (drainwatch_listening)",
     "destroy_events": 'max(drainwatch_source_up{source="destroy_events"})',
     "states": "sum by (port, class, state) (drainwatch_connections)",
+    # Classification (tests/e2e/classes.py): openings by the class they were counted with.
+    "opened_http": 'sum by (port) (drainwatch_connections_opened_total{class="http"})',
+    "opened_websocket": 'sum by (port) (drainwatch_connections_opened_total{class="websocket"})',
+    "opened_probe": 'sum by (port) (drainwatch_connections_opened_total{class="probe"})',
+    "opened_unclassified": 'sum by (port) (drainwatch_connections_opened_total{class="unclassified"})',
+    "opened_nonprobe": 'sum by (port) (drainwatch_connections_opened_total{class!="probe"})',
+    "upgraded": "sum by (port) (drainwatch_connections_upgraded_total)",
+    # Host-wide (backend 1's namespace): handshakes that ended in SYN_RECV (e.g. reset by the peer).
+    "attempt_fails": "max(drainwatch_host_tcp_attempt_fails_total)",
 }
+COUNTERS = ("opened", "closed", "opened_http", "opened_websocket", "opened_probe", "opened_unclassified",
+            "opened_nonprobe", "upgraded", "attempt_fails")
 
 
 # Actions that close the listeners of these ports.
@@ -97,7 +109,7 @@ def samples_from(results: dict[str, list]) -> list[Sample]:
 
 def _fill_counters(samples: list[Sample]) -> None:
     """A counter series missing from a scrape keeps its last value (0 before it first appears)."""
-    for query in ("opened", "closed"):
+    for query in COUNTERS:
         last: dict[str, float] = {}
         for s in samples:
             current = s.values.setdefault(query, {})
@@ -118,9 +130,16 @@ def sample_instants(samples: list[Sample], interval: float) -> list[float]:
     return out
 
 
+def whole_span(handler):
+    """Marks a check that judges all its phases at once (one span), not phase by phase."""
+    handler.whole_span = True
+    return handler
+
+
 class Evaluator:
     def __init__(self, scenario: dict, phases: list[Phase], capture: tr.Capture,
-                 samples: list[Sample], interval: float, stats: dict, faults: list[dict], exact: bool) -> None:
+                 samples: list[Sample], interval: float, stats: dict, faults: list[dict], exact: bool,
+                 api_polls: list[dict] | None = None) -> None:
         self.scenario = scenario
         self.phases = {p.name: p for p in phases}
         self.capture = capture
@@ -134,6 +153,9 @@ class Evaluator:
         self.exact = exact
         self.events = {p: tr.counted_events(t.conns, self.instants, self.skew, self._listener_gone(p, phases), exact)
                        for p, t in capture.ports.items()}
+        self.api_polls = api_polls or []
+        self.tables: list[str] = []  # extra report sections (the confusion matrix)
+        self.class_views: dict[int, cl.ClassView] = {}
 
     @staticmethod
     def _listener_gone(port: int, phases: list[Phase]) -> float:
@@ -149,9 +171,18 @@ class Evaluator:
                     'drainwatch_source_up{source="destroy_events"} decides which counter model is expected.')]
         for check in self.scenario.get("checks", []):
             handler = getattr(self, "check_" + check["kind"])
+            if getattr(handler, "whole_span", False):
+                rows.extend(handler(check, self._span(check["phases"])))
+                continue
             for phase_name in check["phases"]:
                 rows.extend(handler(check, self.phases[phase_name]))
         return rows
+
+    def _span(self, names: list[str]) -> Phase:
+        """Consecutive phases as one."""
+        phases = [self.phases[n] for n in names]
+        return Phase("+".join(names), min(p.start for p in phases), max(p.end for p in phases),
+                     [a for p in phases for a in p.actions])
 
     def _in_phase(self, phase: Phase) -> list[Sample]:
         return [s for s in self.samples if phase.start <= s.t < phase.end]
@@ -296,6 +327,246 @@ class Evaluator:
                     f"{sent} (app) and >= {check['min']}", str(seen), str(abs(sent - seen)), "0",
                     seen == sent and sent >= check["min"], check["why"])]
 
+
+    # --- classification (tests/e2e/classes.py) ------------------------------
+
+    def _classes(self, port: int) -> cl.ClassView:
+        if port not in self.class_views:
+            self.class_views[port] = cl.ClassView(self.capture.ports[port].conns, self.api_polls, port)
+        return self.class_views[port]
+
+    def _without_polls(self, check: dict, span: Phase) -> list[Row]:
+        view = self._classes(check["port"])
+        if view.polls:
+            return []
+        return [Row(check["kind"], span.name, "connections API polls answered", "> 0",
+                    f"0 ({len(view.poll_errors)} failed)", "", "", False, check["why"])]
+
+    def _evidence(self, title: str, judged: list[cl.Judged], upto: float = math.inf) -> None:
+        """Per-connection timelines of the connections a check failed on, for the report."""
+        lines = [title]
+        for j in judged[:20]:
+            c = j.conn
+            lines.append(f"  {j.peer}  SYN {c.syn:.3f}  ended {c.est_end - c.syn:+.1f}s ({c.how})  "
+                         f"listed: {j.timeline(c.syn, upto)}")
+        if len(judged) > 20:
+            lines.append(f"  ... and {len(judged) - 20} more (classes.py can list them from the kept run)")
+        self.tables.append("\n".join(lines))
+
+    def _counter_window(self, span: Phase) -> tuple[Sample, Sample] | None:
+        first = self._last_before(span.start) or (self.samples[0] if self.samples else None)
+        last = self._last_before(span.end)
+        return (first, last) if first is not None and last is not None and last.t > first.t else None
+
+    def _model_count(self, port: int, conns: list[tr.Conn], after: float, upto: float) -> tuple[int, int]:
+        """[lo, hi] openings of `conns` a sampler counts in (after, upto] (the counter model).
+
+        A health check reset during its handshake never was a socket here; it is expected
+        as if it had been one counted at the first sample after its end."""
+        gone = self._listener_gone(port, list(self.phases.values()))
+        events = tr.counted_events([c for c in conns if c.est is not None], self.instants, self.skew, gone,
+                                   self.exact)["opened"]
+        lo, hi = tr.count_in(events, after, upto)
+        ends = [c.est_end for c in conns if c.est is None]
+        lo += sum(1 for e in ends if after + self.skew < e <= upto - self.skew)
+        hi += sum(1 for e in ends if after - self.skew < e <= upto + self.skew)
+        return lo, hi
+
+    @whole_span
+    def check_class_websocket(self, check: dict, span: Phase) -> list[Row]:
+        """WebSocket connections (capture truth) first listed as `websocket` by the API within
+        `within_push_intervals` times the app's push interval, plus one poll interval."""
+        if rows := self._without_polls(check, span):
+            return rows
+        port = check["port"]
+        view = self._classes(port)
+        push = float(self.scenario["load"]["ws_push_interval"])
+        poll = float(self.scenario["api_poll"]["interval"])
+        limit = check["within_push_intervals"] * push + poll
+        judged: list[cl.Judged] = []
+        misses: list[cl.Judged] = []
+        too_short = 0
+        latency, sample_latency = [], []
+        for j in view.of(view.in_span(span.start, span.end), cl.WEBSOCKET):
+            c, first = j.conn, j.first("websocket")
+            due = c.syn + limit
+            if first is not None and first.t <= due:
+                judged.append(j)
+                latency.append(first.t - c.syn)
+                if first.sample is not None:
+                    sample_latency.append(first.sample - c.syn)
+            elif c.est_end < due or view.last_poll < due:
+                too_short += 1  # gone (or the run over) before it was due, not yet websocket: not judged
+            else:
+                judged.append(j)
+                misses.append(j)
+        n = len(judged)
+        frac = (n - len(misses)) / n if n else 0.0
+        rows = [Row("class_websocket", span.name,
+                    f":{port} WebSocket conns listed `websocket` <= {check['within_push_intervals']:g} x push "
+                    f"({push:g}s) + 1 poll ({poll:g}s) = {limit:g}s after SYN",
+                    f">= {check['min_fraction']:.0%} of >= {check['min_connections']}",
+                    f"{n - len(misses)}/{n} = {frac:.1%}; SYN -> first websocket poll: {cl.latency_summary(latency)}",
+                    f"{len(misses)} late or never", f">= {check['min_fraction']:.0%}",
+                    n >= check["min_connections"] and frac >= check["min_fraction"], check["why"]),
+               Row("class_websocket", span.name, f":{port} SYN -> drainwatch sample that first listed websocket",
+                   "", f"{cl.latency_summary(sample_latency)} ({len(sample_latency)} with a known sample; "
+                   f"{too_short} conns ended before due, not judged)", "", "", None,
+                   "The poll's answer time is an upper bound of when drainwatch knew (polls are 1 s apart); "
+                   "the sample instant, known when the metrics read before and after the listing agree, is exact.")]
+        if misses:
+            self._evidence(f"class_websocket: WebSocket connections not listed as websocket within {limit:g}s "
+                           "(times relative to their SYN)", misses)
+        return rows
+
+    @whole_span
+    def check_class_http_never_websocket(self, check: dict, span: Phase) -> list[Row]:
+        """HTTP connections (capture truth) that any poll listed as `websocket`."""
+        if rows := self._without_polls(check, span):
+            return rows
+        port = check["port"]
+        view = self._classes(port)
+        rows = []
+        for truth, judged_by_tolerance in ((cl.HTTP_KA, True), (cl.HTTP_CLOSE, False)):
+            members = view.of(view.in_span(span.start, span.end), truth)
+            listed = [j for j in members if j.seen]
+            bad = [j for j in listed if j.first("websocket")]
+            frac = len(bad) / len(listed) if listed else 0.0
+            rows.append(Row("class_http", span.name, f":{port} {truth} conns ever listed `websocket`",
+                            f"<= {check['max_fraction']:.0%} of >= {check['min_connections']} listed"
+                            if judged_by_tolerance else "0",
+                            f"{len(bad)}/{len(listed)} listed = {frac:.1%} ({len(members) - len(listed)} never listed)",
+                            str(len(bad)), f"<= {check['max_fraction']:.0%}" if judged_by_tolerance else "info",
+                            (len(listed) >= check["min_connections"] and frac <= check["max_fraction"])
+                            if judged_by_tolerance else None, check["why"]))
+            if bad:
+                self._evidence(f"class_http: {truth} connections listed as websocket (times relative to their SYN)",
+                               bad)
+        return rows
+
+    def _probe_rows(self, check: dict, span_name: str, first: Sample, last: Sample, what: str) -> Row:
+        port = check["port"]
+        probes = [j.conn for j in self._classes(port).judged if j.truth == cl.PROBE]
+        lo, hi = self._model_count(port, probes, first.t, last.t)
+        obs = last.get("opened_probe", port) - first.get("opened_probe", port)
+        tol = math.floor((1 - check["min_fraction"]) * hi + 1e-9)
+        err = max(0.0, lo - obs, obs - hi)
+        share = f"{obs / hi:.1%}" if hi else "n/a"
+        return Row("class_probe", span_name, f":{port} {what}",
+                   f"{lo}..{hi} health checks (capture)", f"{obs:g} ({share})", f"{err:g}",
+                   f"+-{tol} ({check['min_fraction']:.0%})", hi > 0 and obs > 0 and err <= tol, check["why"])
+
+    @whole_span
+    def check_class_probe(self, check: dict, span: Phase) -> list[Row]:
+        """Health checks (capture truth) vs the increase of opened_total{class="probe"}."""
+        window = self._counter_window(span)
+        if window is None:
+            return [Row("class_probe", span.name, "probe counter (no samples)", "", "", "", "", False, check["why"])]
+        first, last = window
+        probes = [j.conn for j in self._classes(check["port"]).judged if j.truth == cl.PROBE]
+        reset = sum(1 for c in probes if c.est is None and first.t < c.est_end <= last.t)
+        fails = last.values.get("attempt_fails", {}).get("", 0.0) - first.values.get("attempt_fails", {}).get("", 0.0)
+        row = self._probe_rows(check, span.name, first, last, 'opened_total{class="probe"} increase')
+        if row.passed is False:
+            lines = [f"class_probe: health checks on the wire (the first 5 of {len(probes)}; times from the SYN)"]
+            for c in probes[:5]:
+                ack = "never" if c.est is None else f"+{(c.est - c.syn) * 1e3:.2f} ms"
+                end = "RST in" if c.rst_in is not None else ("FIN in" if c.fin_in is not None else c.how)
+                lines.append(f"  {c.peer[0]}:{c.peer[1]}  SYN {c.syn:.3f}  SYN-ACK +{((c.synack or c.syn) - c.syn) * 1e3:.2f} ms"
+                             f"  final ACK {ack}  {end} +{(c.est_end - c.syn) * 1e3:.2f} ms  payload 0 bytes")
+            lines.append(f"  drainwatch over the same span: opened_total{{class=\"probe\"}} "
+                         f"+{last.get('opened_probe', check['port']) - first.get('opened_probe', check['port']):g}, "
+                         f"{{class=\"unclassified\"}} +{last.get('opened_unclassified', check['port']) - first.get('opened_unclassified', check['port']):g}, "
+                         f"{{class=\"http\"}} +{last.get('opened_http', check['port']) - first.get('opened_http', check['port']):g}; "
+                         f"host Tcp AttemptFails +{fails:g}")
+            self.tables.append("\n".join(lines))
+        return [row,
+                Row("class_probe", span.name, f":{check['port']} health checks reset in their handshake (capture)",
+                    "", f"{reset} of {sum(1 for c in probes if first.t < c.est_end <= last.t)} probes; "
+                    f"drainwatch_host_tcp_attempt_fails_total +{fails:g} (host-wide)", "", "", None,
+                    "A check the LB resets right after the SYN-ACK never becomes a socket on backend 1 (the "
+                    "kernel drops the request socket): no dump or destroy event can show it; the kernel counts "
+                    "it only host-wide, in Tcp AttemptFails.")]
+
+    def check_new_zero_nonprobe(self, check: dict, phase: Phase) -> list[Row]:
+        """After the LB drain, with health checks on the service port: no new non-probe
+        connection on the wire nor in drainwatch's opened_total{class!="probe"}, while the
+        probes go on (on the wire and in opened_total{class="probe"})."""
+        t0 = phase.action_time({"lb_drain", "lb_maint"})
+        port = check["port"]
+        view = self._classes(port)
+        nonprobe = [j.conn for j in view.judged if j.truth != cl.PROBE]
+        synacks = [c.synack for c in nonprobe if c.synack is not None and t0 <= c.synack < phase.end]
+        last_wire = max(synacks, default=t0)
+        probes_after = [j for j in view.of(view.judged, cl.PROBE) if t0 <= j.conn.syn < phase.end]
+        rate = len(probes_after) / max(phase.end - t0, 1e-9)
+        rows = [Row("new_zero_nonprobe", phase.name, f":{port} last non-probe SYN-ACK after the drain (capture)",
+                    f"<= {check['capture_max_delay']:g}s", f"{last_wire - t0:.2f}s ({len(synacks)} SYN-ACKs)",
+                    f"{last_wire - t0:.2f}s", f"{check['capture_max_delay']:g}s",
+                    last_wire - t0 <= check["capture_max_delay"], check["why"]),
+                Row("new_zero_nonprobe", phase.name, f":{port} health-check connections after the drain (capture)",
+                    f">= {check['min_probe_rate']:g}/s", f"{len(probes_after)} ({rate:.2f}/s)", "", "",
+                    rate >= check["min_probe_rate"], check["why"])]
+        samples = [s for s in self.samples if s.t < phase.end]
+        last_increase = t0
+        for prev, cur in zip(samples, samples[1:]):
+            if cur.t >= t0 and cur.get("opened_nonprobe", port) > prev.get("opened_nonprobe", port):
+                last_increase = max(t0, self._next_instant(prev.t))
+        lag = last_increase - last_wire
+        limit = check["exporter_max_lag_samples"] * self.interval + self.skew
+        flat = [s for s in samples if s.t > last_increase]
+        rows.append(Row("new_zero_nonprobe", phase.name,
+                        f':{port} last opened_total{{class!="probe"}} increase after the last non-probe SYN-ACK',
+                        f"<= {limit:.2f}s, then flat", f"{lag:+.2f}s, flat for {len(flat)} samples",
+                        f"{max(lag, 0):.2f}s", f"{check['exporter_max_lag_samples']} sample",
+                        lag <= limit and len(flat) >= check["min_flat_samples"], check["why"]))
+        first, last = self._last_before(last_increase), self._last_before(phase.end)
+        if first is None or last is None or last.t <= first.t:
+            rows.append(Row("new_zero_nonprobe", phase.name, f":{port} probes counted while non-probes are flat",
+                            "", "no samples", "", "", False, check["why"]))
+        else:
+            rows.append(self._probe_rows(check, phase.name, first, last,
+                                         f'opened_total{{class="probe"}} increase while non-probes are flat '
+                                         f'({len(flat)} samples)'))
+        return rows
+
+    @whole_span
+    def check_confusion(self, check: dict, span: Phase) -> list[Row]:
+        """The confusion matrix (truth vs the API's last listed class) and the class counters."""
+        if rows := self._without_polls(check, span):
+            return rows
+        port = check["port"]
+        view = self._classes(port)
+        judged = view.in_span(span.start, span.end)
+        counters: list[tuple[str, str, str, str]] = []
+        window = self._counter_window(span)
+        if window is not None:
+            first, last = window
+
+            def model(truths: tuple[str, ...]) -> str:
+                lo, hi = self._model_count(port, [j.conn for j in view.judged if j.truth in truths], first.t, last.t)
+                return f"{lo}..{hi}" if lo != hi else str(lo)
+
+            def obs(query: str) -> str:
+                return f"{last.get(query, port) - first.get(query, port):g}"
+
+            counters = [
+                ('opened_total{class="http"}', model((cl.HTTP_KA, cl.HTTP_CLOSE, cl.WEBSOCKET)), obs("opened_http"),
+                 "every HTTP connection; a WebSocket opens as http (its handshake is a request/response)"),
+                ('opened_total{class="websocket"}', "0", obs("opened_websocket"), "none is websocket at its opening"),
+                ('opened_total{class="probe"}', model((cl.PROBE,)), obs("opened_probe"), "health checks"),
+                ('opened_total{class="unclassified"}', model((cl.OTHER,)), obs("opened_unclassified"),
+                 "truth `other` (payload-less and long-lived, or not HTTP)"),
+                ("upgraded_total", model((cl.WEBSOCKET,)), obs("upgraded"), "every WebSocket moves http -> websocket"),
+            ]
+        title = (f"Confusion matrix, :{port}, connections with SYN in {span.name} after the first API poll "
+                 f"({len(judged)} connections; {len(view.polls)} polls answered, {len(view.poll_errors)} failed; "
+                 f"{len(view.unmatched)} listings matched no capture connection)")
+        self.tables.append(cl.confusion_table(judged, counters, title))
+        by_truth = {t: len(view.of(judged, t)) for t in cl.TRUTH_ORDER}
+        return [Row("confusion", span.name, f":{port} connections by capture truth",
+                    "", ", ".join(f"{k} {v}" for k, v in by_truth.items()),
+                    f"{len(view.unmatched)} unmatched listings", "", None, check["why"])]
 
 def format_report(rows: list[Row]) -> str:
     headers = ("check", "phase", "quantity", "expected", "observed", "error", "tolerance", "result")

@@ -3,7 +3,8 @@
 For each scenario: build the test hosts, start the stack, run the timed
 phases, read drainwatch's series back through Prometheus, tear everything
 down, rebuild the truth from the capture and the clients' log, compare, and
-write target/e2e/<scenario>/{report.txt,report.json,truth.json,scrapes.json}.
+write target/e2e/<scenario>/{report.txt,report.json,truth.json,scrapes.json}
+(and classes.json, per connection, where the connections API was polled).
 Exit status 0 only if every check of every scenario passed.
 """
 
@@ -26,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
+import classes as cl
 import compare
 import services
 import topology as topo
@@ -34,7 +36,9 @@ import truth as tr
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 SCENARIOS = HERE / "scenarios"
-DEFAULT_SET = ("steady-drain", "kill9")
+DEFAULT_SET = ("steady-drain", "kill9", "mixed-classes-linger")
+# Checks that read the connections API polls (scenario needs [api_poll] and [drainwatch] connections_api).
+API_CHECKS = {"class_websocket", "class_http_never_websocket", "confusion"}
 SCENARIO_TIME_LIMIT = 300  # seconds per scenario, setup to teardown
 SETTLE_AFTER_LAST_PHASE = 2.5  # let Prometheus scrape the last sample
 
@@ -72,12 +76,23 @@ def load_scenario(name: str) -> dict:
         raise SystemExit(f"unknown scenario {name!r}; known: {', '.join(known)}")
     with open(path, "rb") as f:
         scenario = tomllib.load(f)
+    if "base" in scenario:
+        # A variant: the base scenario with this file's tables merged over it (keys of a
+        # table replaced one by one; arrays such as phases and checks replaced whole).
+        base = {k: v for k, v in load_scenario(scenario.pop("base")).items() if k != "name"}
+        for key, value in scenario.items():
+            base[key] = {**base[key], **value} if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        scenario = base
     scenario["name"] = name
     phases = {p["name"] for p in scenario["phases"]}
     for check in scenario.get("checks", []):
         unknown = set(check["phases"]) - phases
         if unknown or not hasattr(compare.Evaluator, "check_" + check["kind"]) or not check.get("why"):
             raise SystemExit(f"{path}: bad check {check} (unknown phase/kind or no `why`)")
+    kinds = {c["kind"] for c in scenario.get("checks", [])}
+    if kinds & API_CHECKS and not (scenario.get("api_poll") and scenario.get("drainwatch", {}).get("connections_api")):
+        raise SystemExit(f"{path}: checks {sorted(kinds & API_CHECKS)} need [api_poll] and "
+                         "[drainwatch] connections_api = true")
     for phase in scenario["phases"]:
         for action in phase.get("actions", []):
             if action not in ACTIONS:
@@ -253,15 +268,18 @@ def run_scenario(scenario: dict, out: Path, python: str, drainwatch: str) -> boo
     signal.alarm(SCENARIO_TIME_LIMIT)
     try:
         print(f"[{scenario['name']}] starting the stack", flush=True)
+        load, lb = scenario["load"], scenario.get("lb", {})
         topo.create()
-        stack.start_capture()
-        stack.start_backend(topo.B1, "b1")
-        stack.start_backend(topo.B2, "b2")
-        stack.start_haproxy()
-        stack.start_drainwatch()
+        stack.start_capture(scenario.get("capture", {}).get("snaplen", 128))
+        stack.start_backend(topo.B1, "b1", load.get("ws_push_interval", 3.0))
+        stack.start_backend(topo.B2, "b2", load.get("ws_push_interval", 3.0))
+        stack.start_haproxy(lb.get("health_check", "http"), lb.get("check_inter", "1s"))
+        stack.start_drainwatch(scenario.get("drainwatch", {}).get("connections_api", False))
         stack.start_prometheus()
         total = sum(p["duration"] for p in scenario["phases"])
-        stack.start_clients(scenario["load"], total + 15, run_dir / "clients.jsonl")
+        if scenario.get("api_poll"):
+            stack.start_api_poller(scenario["api_poll"]["interval"], total + 15, run_dir / "api.jsonl")
+        stack.start_clients(load, total + 15, run_dir / "clients.jsonl")
         for spec in scenario["phases"]:
             phase = compare.Phase(spec["name"], time.time(), math.inf)
             print(f"[{scenario['name']}] phase {phase.name} ({spec['duration']}s)", flush=True)
@@ -320,18 +338,23 @@ def judge(scenario: dict, out: Path) -> bool:
     stats = {"app_closed_1001": app.get("closed_by_app", {}).get("1001", 0),
              "clients_ws_1001": sum(1 for c in clients if c["cls"] == "ws" and c["close_code"] == 1001)}
     samples = compare.samples_from(scrapes)
-    rows = compare.Evaluator(scenario, phases, capture, samples, services.SAMPLE_INTERVAL, stats,
-                             faults, compare.destroy_events_up(scrapes)).run()
+    evaluator = compare.Evaluator(scenario, phases, capture, samples, services.SAMPLE_INTERVAL, stats,
+                                  faults, compare.destroy_events_up(scrapes), cl.read_polls(run_dir / "api.jsonl"))
+    rows = evaluator.run()
     passed = all(r.passed is not False for r in rows)
 
     truth = {"scenario": scenario["name"], **timeline, "capture": _capture_json(capture),
              "clients": _clients_json(clients)}
     (out / "truth.json").write_text(json.dumps(truth, indent=1))
-    text = compare.format_report(rows)
+    text = "\n\n".join([compare.format_report(rows), *evaluator.tables])
     verdict = "PASS" if passed else "FAIL"
     (out / "report.txt").write_text(f"scenario {scenario['name']}: {verdict}\n\n{text}\n")
     (out / "report.json").write_text(json.dumps({"scenario": scenario["name"], "verdict": verdict,
-                                                 "samples": len(samples), "rows": compare.rows_json(rows)}, indent=1))
+                                                 "samples": len(samples), "rows": compare.rows_json(rows),
+                                                 "tables": evaluator.tables}, indent=1))
+    if evaluator.class_views:
+        (out / "classes.json").write_text(json.dumps(
+            {str(port): view.to_json() for port, view in evaluator.class_views.items()}, indent=1))
     print(f"\n[{scenario['name']}] {verdict}  ({out}/report.txt)\n{text}\n", flush=True)
     return passed
 

@@ -115,19 +115,23 @@ class Stack:
 
     # --- components -------------------------------------------------------
 
-    def start_capture(self) -> None:
-        """tcpdump on backend 1, all interfaces (the LB link and loopback)."""
+    def start_capture(self, snaplen: int = 128) -> None:
+        """tcpdump on backend 1, all interfaces (the LB link and loopback).
+
+        128 bytes keep every header; the classification scenario raises `snaplen`
+        so that the first request of each connection (its HTTP headers) is kept too."""
         ports = " or ".join(f"port {p}" for p in WATCHED_PORTS)
-        proc = self.start("capture", topo.B1, ["tcpdump", "-i", "any", "-n", "-U", "-s", "128", "-Z", "root",
+        proc = self.start("capture", topo.B1, ["tcpdump", "-i", "any", "-n", "-U", "-s", str(snaplen), "-Z", "root",
                                                "-w", str(self.run_dir / "b1.pcap"), f"tcp and ({ports})"])
         self.wait_for("tcpdump", lambda: b"listening on" in proc.log.read_bytes(), 10)
 
-    def start_backend(self, ns: str, name: str) -> None:
+    def start_backend(self, ns: str, name: str, push_interval: float = 3.0) -> None:
         host_dir = self.run_dir / name
         (host_dir / "tmp").mkdir(parents=True)
         admin = host_dir / "app-admin.sock"
         app = self.start(f"{name}-app", ns, [self.python, str(HERE / "app.py"), "--name", name,
-                                              "--port", str(APP_PORT), "--admin-socket", str(admin)])
+                                              "--port", str(APP_PORT), "--admin-socket", str(admin),
+                                              "--push-interval", f"{push_interval:g}"])
         self.wait_for(f"{name} app", lambda: b'"listening"' in app.log.read_bytes(), 20)
         conf = render("nginx.conf", host_dir / "nginx.conf", RUN=str(host_dir), ADDR=topo.BACKEND_ADDRS[ns])
         self.start(f"{name}-nginx", ns, ["nginx", "-c", str(conf), "-p", str(host_dir)])
@@ -138,9 +142,32 @@ class Stack:
         out = topo.run(topo.in_ns(ns, ["curl", "-s", "--max-time", "1", url]), check=False)
         return out.strip() == "ok"
 
-    def start_haproxy(self) -> None:
+    def start_haproxy(self, health_check: str = "http", check_inter: str = "1s") -> None:
+        """haproxy in mode tcp. `health_check` "http": `option httpchk GET /healthz` on
+        nginx's :81, off the watched ports; "tcp": plain TCP connect checks on the
+        service port :80 itself (connect, then close without a byte)."""
+        if health_check == "http":
+            chk_option = "option httpchk GET /healthz"
+            chk_comment = "Health checks go to nginx's :81, so they are not connections on :80."
+            chk_args = f"check port {HEALTH_PORT} inter {check_inter} fall 2 rise 2"
+        elif health_check == "tcp":
+            # haproxy 2.6 resets such a check as soon as the SYN-ACK arrives, without the
+            # handshake's final ACK: backend 1's kernel drops the request socket, and no
+            # socket (so no connection drainwatch could see) ever exists there.
+            chk_option = "# (no option httpchk: a TCP connect check)"
+            chk_comment = "TCP connect checks on the service port :80: probes among the traffic."
+            chk_args = f"check inter {check_inter} fall 2 rise 2"
+        elif health_check == "tcp-linger":
+            # The same check, closed cleanly: the handshake completes (its final ACK rides on
+            # haproxy's FIN), so each check is a full, payload-less socket on backend 1.
+            chk_option = "option tcp-check\n    tcp-check connect linger"
+            chk_comment = "TCP connect checks on :80 that complete the handshake and close with a FIN."
+            chk_args = f"check inter {check_inter} fall 2 rise 2"
+        else:
+            raise ValueError(f"health_check must be http, tcp or tcp-linger, not {health_check!r}")
         conf = render("haproxy.cfg", self.run_dir / "haproxy.cfg", RUN=str(self.run_dir),
-                      FRONT=topo.LB_FRONT_ADDR, B1=topo.BACKEND_ADDRS[topo.B1], B2=topo.BACKEND_ADDRS[topo.B2])
+                      FRONT=topo.LB_FRONT_ADDR, B1=topo.BACKEND_ADDRS[topo.B1], B2=topo.BACKEND_ADDRS[topo.B2],
+                      CHECK_COMMENT=chk_comment, CHECK_OPTION=chk_option, CHECK=chk_args)
         self.start("haproxy", topo.LB, ["haproxy", "-db", "-f", str(conf)])
         self.wait_for("haproxy servers UP", lambda: self._servers_up(), 15)
 
@@ -175,10 +202,11 @@ class Stack:
         conn.close()
         return body
 
-    def start_drainwatch(self) -> None:
+    def start_drainwatch(self, connections_api: bool = False) -> None:
         self.start("drainwatch", topo.B1, [
             self.drainwatch_bin, *[a for p in WATCHED_PORTS for a in ("--watch.port", str(p))],
-            "--web.listen-address", DRAINWATCH_ADDR, "--sample.interval", f"{SAMPLE_INTERVAL:g}s"])
+            "--web.listen-address", DRAINWATCH_ADDR, "--sample.interval", f"{SAMPLE_INTERVAL:g}s",
+            *(["--web.enable-connections-api"] if connections_api else [])])
         url = f"http://{DRAINWATCH_ADDR}/healthz"
         self.wait_for("drainwatch /healthz", lambda: topo.run(
             topo.in_ns(topo.B1, ["curl", "-sf", "--max-time", "1", url]), check=False) != "", 20)
@@ -211,11 +239,19 @@ class Stack:
             raise RuntimeError(f"prometheus {endpoint} {params}: {reply}")
         return reply["data"]["result"]
 
+    def start_api_poller(self, interval: float, duration: float, out: Path) -> None:
+        """Polls drainwatch's connections API from inside backend 1 (apipoll.py)."""
+        self.start("api-poller", topo.B1, [
+            self.python, str(HERE / "apipoll.py"), "--base", f"http://{DRAINWATCH_ADDR}", "--port", "80",
+            "--interval", f"{interval:g}", "--duration", f"{duration:.0f}", "--out", str(out)])
+        self.wait_for("first connections API poll", lambda: out.exists() and out.stat().st_size > 0, 10)
+
     def start_clients(self, load: dict, duration: float, log: Path) -> None:
         self.start("clients", topo.CLIENTS, [
             self.python, str(HERE / "clients.py"), "--host", topo.LB_FRONT_ADDR, "--duration", f"{duration:.0f}",
             "--api", str(load["api_clients"]), "--api-interval", *map(str, load["api_interval"]),
-            "--ws", str(load["ws_clients"]), "--short-rate", str(load["short_rate"]),
+            "--ws", str(load["ws_clients"]), "--ws-lifetime", *map(str, load.get("ws_lifetime", (0, 0))),
+            "--short-rate", str(load["short_rate"]),
             "--abort-rate", str(load.get("abort_rate", 0.0)), "--ramp", str(load["ramp"]),
             "--seed", str(load.get("seed", 1)), "--log", str(log)])
 

@@ -68,6 +68,8 @@ class Packet:
     dport: int
     flags: int
     length: int = 0  # TCP payload bytes
+    # The captured part of the payload (the snaplen may cut it short of `length`).
+    payload: bytes = field(default=b"", compare=False, repr=False)
 
 
 def read_pcap(path: Path) -> Iterator[Packet]:
@@ -121,8 +123,10 @@ def _parse_ipv4_tcp(ip: bytes, t: float) -> Packet | None:
     sport, dport = struct.unpack_from(">HH", ip, ihl)
     src = ".".join(str(b) for b in ip[12:16])
     dst = ".".join(str(b) for b in ip[16:20])
-    length = struct.unpack_from(">H", ip, 2)[0] - ihl - (ip[ihl + 12] >> 4) * 4
-    return Packet(t, src, sport, dst, dport, ip[ihl + 13], max(length, 0))
+    doff = (ip[ihl + 12] >> 4) * 4
+    length = max(struct.unpack_from(">H", ip, 2)[0] - ihl - doff, 0)
+    payload = ip[ihl + doff: ihl + doff + length] if length else b""
+    return Packet(t, src, sport, dst, dport, ip[ihl + 13], length, payload)
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,14 @@ class Conn:
     tw: float | None = None       # TIME_WAIT entry
     gone: float | None = None     # socket no longer exists
     partial: bool = False         # started before the capture
+    # Payload: bytes each way, and the start of each direction's byte stream as
+    # captured (contiguous only while no segment was cut by the snaplen).
+    bytes_in: int = 0
+    bytes_out: int = 0
+    head_in: bytes = field(default=b"", repr=False)
+    head_out: bytes = field(default=b"", repr=False)
+    head_in_cut: bool = False
+    head_out_cut: bool = False
     # Span in which the socket may have died silently (see Capture._mark_uncertain).
     uncertain: tuple[float, float] | None = None
     died: float | None = None     # dead by retransmission give-up by this time at the latest
@@ -254,6 +266,8 @@ class Capture:
             if f & RST and not inbound:
                 truth.rst_out_without_socket += 1  # answer to a segment for a dead socket
             return
+        if pkt.length:
+            _record_payload(conn, pkt, inbound)
         if self.drops:
             conn.packets.append(pkt.t)
             if not inbound and (pkt.length > 0 or pkt.flags & FIN):
@@ -326,6 +340,28 @@ class Capture:
                         conn.uncertain = (u0, min(after) if after else INF)
             for conn in truth.conns:
                 conn.packets, conn.sent = [], []
+
+
+HEAD_BYTES = 2048  # how much of each direction's stream start is kept
+
+
+def _record_payload(conn: Conn, pkt: Packet, inbound: bool) -> None:
+    """Payload byte counts, and the stream's first bytes while they are contiguous.
+
+    Segments are taken in capture order; a retransmission of bytes already
+    kept would repeat them, which at the start of a connection (an unanswered
+    first request) is rare and only adds text after the first request's head.
+    """
+    if inbound:
+        conn.bytes_in += pkt.length
+        if not conn.head_in_cut and len(conn.head_in) < HEAD_BYTES:
+            conn.head_in += pkt.payload
+            conn.head_in_cut = len(pkt.payload) < pkt.length
+    else:
+        conn.bytes_out += pkt.length
+        if not conn.head_out_cut and len(conn.head_out) < HEAD_BYTES:
+            conn.head_out += pkt.payload
+            conn.head_out_cut = len(pkt.payload) < pkt.length
 
 
 def _count_flags(sec: dict[str, int], flags: int, inbound: bool) -> None:
