@@ -2,9 +2,9 @@
 //! tests/golden/<scenario>.prom byte for byte, and promtool must accept it.
 //! `UPDATE_GOLDEN=1 cargo test --test exposition_golden` rewrites the golden files.
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -158,29 +158,5 @@ fn drain_scenario_numbers() {
 #[test]
 fn promtool_accepts_the_golden_exposition() {
     let (_, text) = render("drain");
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect(
-            "promtool is required (the README's test command installs Debian's prometheus package)",
-        );
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool check metrics:\n{report}"
-    );
+    common::promtool_check_metrics(&text);
 }
