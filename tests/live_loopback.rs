@@ -44,7 +44,20 @@ fn connect_silent(listener: &TcpListener, n: usize) -> Vec<(TcpStream, TcpStream
     });
     let clients: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect(addr).unwrap()).collect();
     acceptor.join().unwrap();
-    clients.into_iter().zip(rx.iter().take(n)).collect()
+    // The accept queue need not give the connections back in connect order: pair each server
+    // socket with the client whose address it sees.
+    let mut servers: std::collections::HashMap<SocketAddr, TcpStream> = rx
+        .iter()
+        .take(n)
+        .map(|s| (s.peer_addr().unwrap(), s))
+        .collect();
+    clients
+        .into_iter()
+        .map(|c| {
+            let server = servers.remove(&c.local_addr().unwrap()).unwrap();
+            (c, server)
+        })
+        .collect()
 }
 
 fn pipeline(ports: &[u16]) -> Pipeline {

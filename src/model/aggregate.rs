@@ -127,7 +127,7 @@ pub struct Aggregates {
 
 impl Aggregates {
     /// Folds one sample in: gauges are rebuilt from `snapshot`/`views`, counters advance by
-    /// `events`. Every watched port gets its default class's series, at 0 if empty.
+    /// `events`. Every watched port gets the series of every class it can have, at 0 if empty.
     pub fn apply(
         &mut self,
         snapshot: &Snapshot,
@@ -145,12 +145,10 @@ impl Aggregates {
                 .for_each(ClassAggregate::reset_gauges);
         }
         for &port in &snapshot.watched_ports {
-            self.ports
-                .entry(port)
-                .or_default()
-                .classes
-                .entry(classifier.port_default(port))
-                .or_default();
+            let pa = self.ports.entry(port).or_default();
+            for class in classifier.initial_classes(port) {
+                pa.classes.entry(class).or_default();
+            }
         }
         for listener in &snapshot.listeners {
             if let Some(port) = self.ports.get_mut(&listener.port) {

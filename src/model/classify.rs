@@ -308,6 +308,22 @@ impl Classifier {
         self.rule_for(port, None).unwrap_or(UNCLASSIFIED)
     }
 
+    /// The classes a connection on `port` can have: their series are exported from the start, at
+    /// 0, so that rates and alerts on any class have a series to work with.
+    pub fn initial_classes(&self, port: u16) -> Vec<ClassId> {
+        let mut classes = match self.rule_for(port, None) {
+            Some(class) => vec![class],
+            None if self.thresholds.heuristics => vec![UNCLASSIFIED, HTTP, WEBSOCKET, PROBE],
+            None => vec![UNCLASSIFIED],
+        };
+        for (p, peer, class) in &self.rules {
+            if *p == port && peer.is_some() && !classes.contains(class) {
+                classes.push(*class);
+            }
+        }
+        classes
+    }
+
     /// First sighting of a connection: the class and the evidence to carry on with.
     pub fn first_sight(&self, record: &SocketRecord) -> (ClassId, Evidence) {
         let mut ev = Evidence::default();
