@@ -22,6 +22,7 @@ use crate::source::sampler::Sampler;
 const SOCK_DIAG: usize = 0;
 const PROCFS: usize = 1;
 const DESTROY_EVENTS: usize = 2;
+const TRACEPOINTS: usize = 3;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = match option_env!("DRAINWATCH_REVISION") {
@@ -38,7 +39,7 @@ pub struct Pipeline {
     snapshot: Snapshot,
     host: Option<HostCounters>,
     stats: SelfStats,
-    logged_failure: [bool; 3],
+    logged_failure: [bool; 4],
 }
 
 impl Pipeline {
@@ -52,8 +53,8 @@ impl Pipeline {
             PortSelection::Configured(config.ports.clone())
         };
         let mut stats = SelfStats::default();
-        let mut logged_failure = [false; 3];
-        let sampler = if config.destroy_events {
+        let mut logged_failure = [false; 4];
+        let mut sampler = if config.destroy_events {
             let (sampler, error) = Sampler::with_events();
             match error {
                 None => stats.source_up[DESTROY_EVENTS] = true,
@@ -70,6 +71,19 @@ impl Pipeline {
             Sampler::new()
         };
         stats.events_subscribed = sampler.events_subscribed();
+        if config.tracepoints {
+            match sampler.enable_tracepoints(&config.tracefs, &config.procfs) {
+                Ok(()) => stats.source_up[TRACEPOINTS] = true,
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot read tracepoints: {e}; resets and timeouts are not counted, close reasons are unknown"
+                    );
+                    stats.source_errors[TRACEPOINTS] += 1;
+                    logged_failure[TRACEPOINTS] = true;
+                }
+            }
+        }
+        stats.tracepoints_running = sampler.tracepoints_running();
         Pipeline {
             config,
             sampler,
@@ -121,8 +135,19 @@ impl Pipeline {
                     }
                     self.stats.destroy_events += drained.received;
                 }
+                if let Some(drained) = self.sampler.drain_trace(&mut self.snapshot) {
+                    self.stats.trace_events += drained.received;
+                    self.stats.trace_lost += drained.lost;
+                    if drained.lost > 0 {
+                        self.stats.trace_overflows += 1;
+                    }
+                    if drained.undecodable > 0 {
+                        self.stats.source_errors[TRACEPOINTS] += drained.undecodable;
+                    }
+                }
                 self.model.observe(&self.snapshot);
                 self.stats.events_missed = self.model.tracker.missed_events();
+                self.stats.trace_unattributed = self.model.attributor.unattributed();
                 if self.watch.discovers() {
                     let watched: BTreeSet<u16> = selected.ports.iter().copied().collect();
                     self.model.aggregates.retain_ports(|p| watched.contains(&p));

@@ -104,12 +104,19 @@ pub struct RunArgs {
     /// Subscribe to sock_diag destroy events for exact counts [default: true].
     #[arg(long = "source.destroy-events", value_name = "BOOL", action = clap::ArgAction::Set)]
     pub destroy_events: Option<bool>,
+    /// Read kernel tracepoints (ftrace instance) for per-port resets, timeouts and close
+    /// reasons [default: true].
+    #[arg(long = "source.tracepoints", value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub tracepoints: Option<bool>,
     /// Serve GET /api/v1/connections (lists peer addresses; off by default).
     #[arg(long = "web.enable-connections-api")]
     pub connections_api: bool,
     /// Root of the proc filesystem [default: /proc].
     #[arg(long = "path.procfs", value_name = "PATH")]
     pub procfs: Option<PathBuf>,
+    /// Mount point of tracefs [default: /sys/kernel/tracing].
+    #[arg(long = "path.tracefs", value_name = "PATH")]
+    pub tracefs: Option<PathBuf>,
 }
 
 /// The validated configuration the program runs with.
@@ -125,7 +132,9 @@ pub struct Config {
     pub thresholds: Thresholds,
     pub connections_api: bool,
     pub destroy_events: bool,
+    pub tracepoints: bool,
     pub procfs: PathBuf,
+    pub tracefs: PathBuf,
 }
 
 impl Default for Config {
@@ -139,7 +148,9 @@ impl Default for Config {
             thresholds: Thresholds::default(),
             connections_api: false,
             destroy_events: true,
+            tracepoints: true,
             procfs: PathBuf::from("/proc"),
+            tracefs: PathBuf::from("/sys/kernel/tracing"),
         }
     }
 }
@@ -218,6 +229,7 @@ struct FileWatch {
 #[serde(deny_unknown_fields)]
 struct FilePath {
     procfs: Option<PathBuf>,
+    tracefs: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -535,10 +547,16 @@ impl Config {
         if let Some(v) = args.destroy_events {
             config.destroy_events = v;
         }
+        if let Some(v) = args.tracepoints {
+            config.tracepoints = v;
+        }
         config.connections_api =
             args.connections_api || file.web.enable_connections_api.unwrap_or(false);
         if let Some(p) = args.procfs.clone().or(file.path.procfs) {
             config.procfs = p;
+        }
+        if let Some(p) = args.tracefs.clone().or(file.path.tracefs) {
+            config.tracefs = p;
         }
         Ok(config)
     }

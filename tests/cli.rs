@@ -143,12 +143,30 @@ fn listening_ports() -> BTreeSet<u16> {
     ports
 }
 
+/// A drainwatch process stopped when dropped: SIGTERM (so it removes its tracefs instance),
+/// SIGKILL if it has not exited within 5 s.
 struct Server(Child);
 impl Drop for Server {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Stops a server with SIGKILL, as an OOM kill would.
+fn kill9(mut server: Server) {
+    let _ = server.0.kill();
+    let _ = server.0.wait();
 }
 
 #[test]
@@ -315,6 +333,80 @@ fn as_an_unprivileged_user_dumps_and_destroy_events_both_work() {
     assert!(
         body.contains("drainwatch_source_info{source=\"destroy_events\",precision=\"exact\"} 1")
     );
+    // Tracepoints need root (tracefs): without them drainwatch says so and invents no reset,
+    // timeout or close reason.
+    assert!(body.contains("drainwatch_source_up{source=\"tracepoints\"} 0"));
+    assert!(body.contains("drainwatch_source_errors_total{source=\"tracepoints\"} 1"));
+    assert!(
+        body.contains("drainwatch_source_info{source=\"tracepoints\",precision=\"unavailable\"} 1")
+    );
+    assert!(!body.contains("drainwatch_resets_total"));
+    assert!(!body.contains("drainwatch_connection_timeouts_total"));
+    assert!(!body.contains("reason=\"fin\"} 0") || !body.contains("reason=\"fin\"} 1"));
+}
+
+/// The tracefs instance of drainwatch process `pid`.
+fn instance_of(pid: u32) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/sys/kernel/tracing/instances/drainwatch-{pid}"))
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(5), "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn as_root_tracepoints_run_in_an_instance_of_their_own_removed_at_exit() {
+    let spawn = |port: u16| {
+        let child = Command::new(BIN)
+            .args([
+                "--web.listen-address",
+                &format!("127.0.0.1:{port}"),
+                "--watch.port",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for("no sample", || {
+            http_get(port, "/metrics").is_some_and(|b| b.contains("drainwatch_listening{"))
+        });
+        Server(child)
+    };
+    // Stopped with SIGTERM: the instance goes with the process.
+    let port = free_port();
+    let server = spawn(port);
+    let pid = server.0.id();
+    let body = http_get(port, "/metrics").unwrap();
+    assert!(body.contains("drainwatch_source_up{source=\"tracepoints\"} 1"));
+    assert!(body.contains("drainwatch_source_info{source=\"tracepoints\",precision=\"exact\"} 1"));
+    assert!(body.contains(&format!(
+        "drainwatch_resets_total{{port=\"{port}\",direction=\"received\",reason=\"none\"}} 0"
+    )));
+    assert!(instance_of(pid).is_dir(), "no instance while it runs");
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    wait_for("instance left behind after SIGTERM", || {
+        !instance_of(pid).exists()
+    });
+    drop(server);
+
+    // Killed with SIGKILL: the instance stays until the next drainwatch starts.
+    let killed = spawn(free_port());
+    let pid = killed.0.id();
+    kill9(killed);
+    assert!(instance_of(pid).is_dir());
+    let _next = spawn(free_port());
+    assert!(
+        !instance_of(pid).exists(),
+        "stale instance not removed at start"
+    );
 }
 
 #[test]
@@ -322,5 +414,5 @@ fn without_destroy_events_it_counts_from_dumps_and_says_so() {
     let body = first_page(free_port(), None, &["--source.destroy-events=false"]);
     assert!(body
         .contains("drainwatch_source_info{source=\"destroy_events\",precision=\"unavailable\"} 1"));
-    assert!(!body.contains("drainwatch_events_received_total"));
+    assert!(!body.contains("drainwatch_events_received_total{source=\"destroy_events\"}"));
 }

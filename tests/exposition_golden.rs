@@ -37,10 +37,13 @@ fn render(scenario: &str) -> (String, String) {
         stats.sampled_sockets = (snapshot.sockets.len() + snapshot.listeners.len()) as u64;
     }
     stats.tracked_connections = model.tracker.tracked() as u64;
-    stats.source_up = [true, true, true];
+    stats.source_up = [true, true, true, true];
     stats.events_subscribed = true;
     stats.destroy_events = 42;
-    stats.source_errors = [1, 0, 0];
+    stats.source_errors = [1, 0, 0, 0];
+    stats.tracepoints_running = true;
+    stats.trace_events = 77;
+    stats.trace_unattributed = model.attributor.unattributed();
     let host = read_host_counters(&root().join("tests/fixtures/proc")).unwrap();
     let mut published = publish(&model, Some(host), stats);
     published.revision = "golden";
@@ -97,6 +100,11 @@ fn drain_scenario_numbers() {
     };
     let port80 =
         |metric: &str, class: &str| value(&format!("{metric}{{port=\"80\",class=\"{class}\"}}"));
+    let closed = |port: u16, class: &str, reason: &str| {
+        value(&format!(
+            "drainwatch_connections_closed_total{{port=\"{port}\",class=\"{class}\",reason=\"{reason}\"}}"
+        ))
+    };
     // Port 80: keep-alives 1, 2 and 5 opened as http, and a short request seen only in its
     // destroy event (its TIME_WAIT socket is not counted again); cookie 5 became a websocket
     // when the server pushed; the two load balancer probes were seen only in destroy events.
@@ -114,12 +122,31 @@ fn drain_scenario_numbers() {
         value(r#"drainwatch_connections_upgraded_total{port="80"}"#),
         1.0
     );
-    assert_eq!(port80("drainwatch_connections_closed_total", "http"), 2.0);
-    assert_eq!(
-        port80("drainwatch_connections_closed_total", "websocket"),
-        1.0
-    );
-    assert_eq!(port80("drainwatch_connections_closed_total", "probe"), 2.0);
+    // Close reasons from the tracepoint hits: keep-alives 1 and 4000 ended with a FIN, the
+    // websocket (cookie 5) with the app's abort-on-close RST, one probe with the load
+    // balancer's RST.
+    assert_eq!(closed(80, "http", "fin"), 2.0);
+    assert_eq!(closed(80, "websocket", "reset"), 1.0);
+    assert_eq!(closed(80, "websocket", "fin"), 0.0);
+    assert_eq!(closed(80, "probe", "fin"), 1.0);
+    assert_eq!(closed(80, "probe", "reset"), 1.0);
+    for class in ["http", "websocket", "probe"] {
+        assert_eq!(closed(80, class, "unknown"), 0.0);
+        assert_eq!(closed(80, class, "timeout"), 0.0);
+    }
+    // Resets on :80: the probe's received one, the abort-on-close, and the no-socket answer
+    // from this host's address; the loopback no-socket RST and the other namespace's cookie
+    // are not ours.
+    let resets = |direction: &str, reason: &str| {
+        value(&format!(
+            "drainwatch_resets_total{{port=\"80\",direction=\"{direction}\",reason=\"{reason}\"}}"
+        ))
+    };
+    assert_eq!(resets("received", "none"), 1.0);
+    assert_eq!(resets("sent", "abort-on-close"), 1.0);
+    assert_eq!(resets("sent", "no-socket"), 1.0);
+    assert_eq!(resets("sent", "abort-on-data"), 0.0);
+    assert_eq!(value("drainwatch_trace_unattributed_total"), 2.0);
     assert_eq!(
         port80("drainwatch_connection_duration_seconds_count", "websocket"),
         1.0
@@ -144,9 +171,16 @@ fn drain_scenario_numbers() {
         value(r#"drainwatch_connections_opened_total{port="8081",class="websocket"}"#),
         1.0
     );
+    // Cookie 101's client vanished: the kernel timed it out.
+    assert_eq!(closed(8081, "websocket", "fin"), 1.0);
+    assert_eq!(closed(8081, "websocket", "timeout"), 1.0);
     assert_eq!(
-        value(r#"drainwatch_connections_closed_total{port="8081",class="websocket"}"#),
-        2.0
+        value(r#"drainwatch_connection_timeouts_total{port="8081",class="websocket"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"drainwatch_resets_total{port="8081",direction="received",reason="none"}"#),
+        0.0
     );
     assert_eq!(
         value(r#"drainwatch_connection_duration_seconds_sum{port="8081",class="websocket"}"#),

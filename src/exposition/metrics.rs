@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 
 use crate::model::aggregate::{Aggregates, Histogram, OPEN_BOUNDS};
 use crate::model::classify::ClassTable;
+use crate::model::resets::CLOSE_REASONS;
 use crate::model::socket::GAUGE_STATES;
 use crate::source::procfs::{HostCounters, ABORT_REASONS};
 
@@ -25,7 +26,7 @@ pub const SAMPLE_DURATION_BUCKETS: [f64; 12] = [
 ];
 
 /// Sources whose failures are counted in `drainwatch_source_errors_total{source}`.
-pub const SOURCES: [&str; 3] = ["sock_diag", "procfs", "destroy_events"];
+pub const SOURCES: [&str; 4] = ["sock_diag", "procfs", "destroy_events", "tracepoints"];
 
 /// The exporter's own health.
 #[derive(Debug, Clone)]
@@ -47,6 +48,16 @@ pub struct SelfStats {
     pub events_overflows: u64,
     /// Closes the dump found whose destroy event never came.
     pub events_missed: u64,
+    /// Tracepoints run (resets, timeouts and close reasons are counted).
+    pub tracepoints_running: bool,
+    /// Tracepoint records read (the four events, any port, any namespace).
+    pub trace_events: u64,
+    /// Tracepoint records the kernel dropped (buffer full) or the reader could not keep.
+    pub trace_lost: u64,
+    /// Samples in which tracepoint records were lost.
+    pub trace_overflows: u64,
+    /// Tracepoint hits no connection of the watched namespace claimed.
+    pub trace_unattributed: u64,
 }
 
 impl Default for SelfStats {
@@ -62,6 +73,11 @@ impl Default for SelfStats {
             destroy_events: 0,
             events_overflows: 0,
             events_missed: 0,
+            tracepoints_running: false,
+            trace_events: 0,
+            trace_lost: 0,
+            trace_overflows: 0,
+            trace_unattributed: 0,
         }
     }
 }
@@ -199,15 +215,52 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
     let mut m = family(
         enc,
         "drainwatch_connections_closed",
-        "Inbound connections observed closing (disappeared or entered TIME_WAIT).",
+        "Inbound connections observed closing, by how they ended: fin, reset, timeout, or unknown without tracepoints.",
         MetricType::Counter,
     )?;
     for (port, class, ca) in &classes {
-        counter(
-            &mut m,
-            &vec![("port", *port), ("class", *class)],
-            ca.closed_total,
+        for (reason, n) in CLOSE_REASONS.iter().zip(ca.closed_by_reason) {
+            counter(
+                &mut m,
+                &vec![("port", *port), ("class", *class), ("reason", *reason)],
+                n,
+            )?;
+        }
+    }
+
+    if p.stats.tracepoints_running {
+        let mut m = family(
+            enc,
+            "drainwatch_resets",
+            "RST segments sent and received on the watched port's inbound connections, with the kernel's reason for those sent.",
+            MetricType::Counter,
         )?;
+        for (port, pa) in &agg.ports {
+            for ((direction, reason), n) in &pa.resets {
+                counter(
+                    &mut m,
+                    &vec![
+                        ("port", ports[port].as_str()),
+                        ("direction", direction.label()),
+                        ("reason", *reason),
+                    ],
+                    *n,
+                )?;
+            }
+        }
+        let mut m = family(
+            enc,
+            "drainwatch_connection_timeouts",
+            "Inbound connections the kernel gave up on (ETIMEDOUT: retransmissions, keepalive or zero-window probes unanswered).",
+            MetricType::Counter,
+        )?;
+        for (port, class, ca) in &classes {
+            counter(
+                &mut m,
+                &vec![("port", *port), ("class", *class)],
+                ca.timeouts_total,
+            )?;
+        }
     }
 
     let mut m = family(
@@ -445,16 +498,40 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
     for (source, up) in SOURCES.iter().zip(s.source_up) {
         gauge(&mut m, &vec![("source", *source)], f64::from(u8::from(up)))?;
     }
+    let mut sources: Vec<(&str, [u64; 3])> = Vec::new();
     if s.events_subscribed {
-        let events: [(&str, &str, u64); 3] = [
-            ("drainwatch_events_received", "Events received from the kernel, for every port and side.", s.destroy_events),
-            ("drainwatch_events_overflows", "Times the event receive buffer overflowed (ENOBUFS): events were lost and the next dump resynchronised.", s.events_overflows),
-            ("drainwatch_events_lost", "Closes of tracked connections found by the dump whose destroy event never came.", s.events_missed),
+        sources.push((
+            "destroy_events",
+            [s.destroy_events, s.events_overflows, s.events_missed],
+        ));
+    }
+    if s.tracepoints_running {
+        sources.push((
+            "tracepoints",
+            [s.trace_events, s.trace_overflows, s.trace_lost],
+        ));
+    }
+    if !sources.is_empty() {
+        let events: [(&str, &str); 3] = [
+            ("drainwatch_events_received", "Events received from the kernel, for every port, side and (tracepoints) namespace."),
+            ("drainwatch_events_overflows", "Samples in which the source's buffer overflowed (destroy events: ENOBUFS, and the next dump resynchronised; tracepoints: records dropped)."),
+            ("drainwatch_events_lost", "Events known lost: closes the dump found whose destroy event never came; tracepoint records the kernel dropped."),
         ];
-        for (name, help, v) in events {
+        for (i, (name, help)) in events.iter().enumerate() {
             let mut m = family(enc, name, help, MetricType::Counter)?;
-            counter(&mut m, &vec![("source", "destroy_events")], v)?;
+            for (source, values) in &sources {
+                counter(&mut m, &vec![("source", *source)], values[i])?;
+            }
         }
+    }
+    if s.tracepoints_running {
+        let mut m = family(
+            enc,
+            "drainwatch_trace_unattributed",
+            "Tracepoint hits that joined no inbound connection of the watched namespace (other namespaces, outbound sockets), dropped.",
+            MetricType::Counter,
+        )?;
+        counter(&mut m, &vec![], s.trace_unattributed)?;
     }
     let mut m = family(
         enc,
@@ -467,11 +544,18 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
     } else {
         "unavailable"
     };
+    // Resets, timeouts and close reasons are exact with both event sources: the destroy
+    // events name every connection, the tracepoints every reset and timeout.
+    let trace_precision = match (s.tracepoints_running, s.events_subscribed) {
+        (true, true) => "exact",
+        (true, false) => "sampled",
+        (false, _) => "unavailable",
+    };
     for (source, precision) in [
         ("sock_diag", "per_sample"),
         ("destroy_events", events_precision),
         ("procfs", "host"),
-        ("tracepoints", "unavailable"),
+        ("tracepoints", trace_precision),
     ] {
         gauge(
             &mut m,

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::classify::{ClassId, Classifier};
+use super::resets::{Direction, Outcome, CLOSE_REASONS, RECEIVED_REASON};
 use super::socket::{Snapshot, GAUGE_STATES};
 use super::tracker::{idle_ms, LifecycleEvent, SocketView};
 
@@ -84,6 +85,10 @@ pub struct ClassAggregate {
     pub states: [u64; GAUGE_STATES.len()],
     pub opened_total: u64,
     pub closed_total: u64,
+    /// Closes per [`CLOSE_REASONS`]; they sum to `closed_total`.
+    pub closed_by_reason: [u64; CLOSE_REASONS.len()],
+    /// Connections the kernel gave up on (ETIMEDOUT).
+    pub timeouts_total: u64,
     pub lifetime: Histogram,
     /// Open connections older than each of [`OPEN_BOUNDS`].
     pub age_over: [u64; OPEN_BOUNDS.len()],
@@ -116,7 +121,17 @@ pub struct PortAggregate {
     pub classes: BTreeMap<ClassId, ClassAggregate>,
     /// Connections that moved from `http` to `websocket`.
     pub upgraded_total: u64,
+    /// RSTs per direction and kernel reason.
+    pub resets: BTreeMap<(Direction, &'static str), u64>,
 }
+
+/// Reset series every watched port has from the start (others appear when first counted).
+pub const INITIAL_RESETS: [(Direction, &str); 4] = [
+    (Direction::Received, RECEIVED_REASON),
+    (Direction::Sent, "no-socket"),
+    (Direction::Sent, "abort-on-close"),
+    (Direction::Sent, "abort-on-data"),
+];
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Aggregates {
@@ -133,6 +148,7 @@ impl Aggregates {
         snapshot: &Snapshot,
         views: &[SocketView],
         events: &[LifecycleEvent],
+        outcomes: &[Outcome],
         classifier: &Classifier,
     ) {
         let now = snapshot.taken_at.monotonic_ms;
@@ -148,6 +164,11 @@ impl Aggregates {
             let pa = self.ports.entry(port).or_default();
             for class in classifier.initial_classes(port) {
                 pa.classes.entry(class).or_default();
+            }
+            if snapshot.trace_running {
+                for key in INITIAL_RESETS {
+                    pa.resets.entry(key).or_default();
+                }
             }
         }
         for listener in &snapshot.listeners {
@@ -200,15 +221,39 @@ impl Aggregates {
                     port,
                     class,
                     lifetime_ms,
+                    reason,
                     ..
                 } => {
                     let agg = self.class_mut(port, class);
                     agg.closed_total += 1;
+                    agg.closed_by_reason[reason.index()] += 1;
                     if let Some(ms) = lifetime_ms {
                         agg.lifetime.observe(ms as f64 / 1000.0);
                     }
                 }
             }
+        }
+        for outcome in outcomes {
+            self.count(outcome);
+        }
+    }
+
+    fn count(&mut self, outcome: &Outcome) {
+        match *outcome {
+            Outcome::Reset {
+                port,
+                direction,
+                reason,
+            } => {
+                *self
+                    .ports
+                    .entry(port)
+                    .or_default()
+                    .resets
+                    .entry((direction, reason))
+                    .or_default() += 1;
+            }
+            Outcome::Timeout { port, class } => self.class_mut(port, class).timeouts_total += 1,
         }
     }
 

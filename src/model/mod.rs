@@ -3,22 +3,27 @@
 
 pub mod aggregate;
 pub mod classify;
+pub mod resets;
 pub mod socket;
 pub mod tracker;
 pub mod watch;
 
 use aggregate::Aggregates;
 use classify::Classifier;
+use resets::{Attributor, Outcome};
 use socket::Snapshot;
 use tracker::{LifecycleEvent, SocketView, Tracker};
 
-/// The model's stages wired in order: tracker -> classifier -> aggregates.
+/// The model's stages wired in order: attributor (joins tracepoint hits to cookies) ->
+/// tracker -> classifier -> attributor (counts the joined hits) -> aggregates.
 #[derive(Debug)]
 pub struct Model {
     pub tracker: Tracker,
     pub classifier: Classifier,
     pub aggregates: Aggregates,
+    pub attributor: Attributor,
     events: Vec<LifecycleEvent>,
+    outcomes: Vec<Outcome>,
     views: Vec<SocketView>,
 }
 
@@ -28,7 +33,9 @@ impl Model {
             tracker: Tracker::new(),
             classifier,
             aggregates: Aggregates::default(),
+            attributor: Attributor::new(),
             events: Vec::new(),
+            outcomes: Vec::new(),
             views: Vec::new(),
         }
     }
@@ -41,14 +48,24 @@ impl Model {
     /// Folds one snapshot in and returns the lifecycle events it produced.
     pub fn observe(&mut self, snapshot: &Snapshot) -> &[LifecycleEvent] {
         self.events.clear();
+        self.outcomes.clear();
+        self.attributor.ingest(snapshot, &self.tracker);
         self.tracker.observe(
             snapshot,
             &self.classifier,
+            &self.attributor,
             &mut self.events,
             &mut self.views,
         );
-        self.aggregates
-            .apply(snapshot, &self.views, &self.events, &self.classifier);
+        self.attributor
+            .settle(snapshot, &self.tracker, &mut self.outcomes);
+        self.aggregates.apply(
+            snapshot,
+            &self.views,
+            &self.events,
+            &self.outcomes,
+            &self.classifier,
+        );
         &self.events
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Everything here is plain data. Sources fill it in; the model never reads a clock or the kernel.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// TCP states as numbered by the kernel (`include/net/tcp_states.h`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -275,4 +275,67 @@ pub struct Snapshot {
     /// Destroy events were subscribed and none were lost since the previous sample: a socket
     /// missing from the dump without an event has its event still on the way.
     pub events_complete: bool,
+    /// Tracepoint hits since the previous sample (RSTs, timeouts, socket destructions), in the
+    /// order the kernel recorded them; any port, any network namespace: the model attributes
+    /// them.
+    pub trace: Vec<TraceEvent>,
+    /// Tracepoints are subscribed: resets and timeouts are counted.
+    pub trace_running: bool,
+    /// Tracepoints ran and lost nothing since the previous sample: a connection that closed
+    /// with no RST and no timeout recorded closed with a FIN.
+    pub trace_complete: bool,
+    /// Addresses of the watched network namespace's interfaces.
+    pub local_addrs: Vec<IpAddr>,
+    /// The watched network namespace is the only one on the host: a loopback or wildcard
+    /// address in a tracepoint hit can only be ours.
+    pub sole_netns: bool,
+}
+
+/// One kernel tracepoint hit, decoded. `local` is this host's side of the connection (the
+/// kernel's source address for a reset it sends). `skaddr` is the kernel address of the socket,
+/// valid only until the socket is freed (the allocator reuses it): a hit that carries no cookie
+/// is joined to one through the socket's [`TraceEvent::Destroyed`] that follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceEvent {
+    /// `tcp:tcp_send_reset`. `skaddr` is 0 when no socket sent it (no socket for the segment);
+    /// `state` is `None` then, or for a kernel that does not report it.
+    ResetSent {
+        skaddr: u64,
+        state: Option<TcpState>,
+        reason: &'static str,
+        local: SocketAddr,
+        remote: SocketAddr,
+    },
+    /// `tcp:tcp_receive_reset`: a full socket received a valid RST.
+    ResetReceived {
+        skaddr: u64,
+        cookie: u64,
+        local: SocketAddr,
+        remote: SocketAddr,
+    },
+    /// `tcp:tcp_destroy_sock`: the kernel freed a full socket.
+    Destroyed {
+        skaddr: u64,
+        cookie: u64,
+        local: SocketAddr,
+        remote: SocketAddr,
+    },
+    /// `sock:inet_sk_error_report` with ETIMEDOUT: a TCP connection gave up (retransmissions,
+    /// keepalive or zero-window probes unanswered).
+    TimedOut {
+        local: SocketAddr,
+        remote: SocketAddr,
+    },
+}
+
+impl TraceEvent {
+    /// This host's side of the connection.
+    pub fn local(&self) -> SocketAddr {
+        match *self {
+            TraceEvent::ResetSent { local, .. }
+            | TraceEvent::ResetReceived { local, .. }
+            | TraceEvent::Destroyed { local, .. }
+            | TraceEvent::TimedOut { local, .. } => local,
+        }
+    }
 }

@@ -30,6 +30,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 
 use super::classify::{ClassId, Classifier, Evidence, HTTP, UNCLASSIFIED, WEBSOCKET};
+use super::resets::{Attributor, CloseReason};
 use super::socket::{Snapshot, SocketRecord, TcpInfo, TcpState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +48,7 @@ pub enum LifecycleEvent {
         class: ClassId,
         /// Milliseconds from first sighting to close; `None` when the opening was not observed.
         lifetime_ms: Option<u64>,
+        reason: CloseReason,
     },
 }
 
@@ -106,9 +108,23 @@ pub struct Tracker {
 }
 
 fn peer_fingerprint(record: &SocketRecord) -> u32 {
+    fingerprint(&record.remote_addr)
+}
+
+fn fingerprint(addr: &std::net::IpAddr) -> u32 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    record.remote_addr.hash(&mut h);
+    addr.hash(&mut h);
     h.finish() as u32
+}
+
+/// A connection's key by addresses: local port, peer port and a fingerprint of the peer address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TupleKey(u16, u16, u32);
+
+impl TupleKey {
+    pub fn new(local_port: u16, remote: std::net::SocketAddr) -> Self {
+        TupleKey(local_port, remote.port(), fingerprint(&remote.ip()))
+    }
 }
 
 /// Idle time the classifier may trust: the kernel's idle clock starts at the socket's birth,
@@ -124,6 +140,8 @@ pub fn idle_ms(info: &TcpInfo, age_ms: u64, preexisting: bool) -> u64 {
 
 struct Step<'a> {
     classifier: &'a Classifier,
+    attributor: &'a Attributor,
+    trace_complete: bool,
     events: &'a mut Vec<LifecycleEvent>,
     now: u64,
 }
@@ -148,6 +166,7 @@ impl Step<'_> {
             port: t.local_port,
             class: t.class,
             lifetime_ms: lifetime,
+            reason: self.attributor.close_reason(cookie, self.trace_complete),
         });
     }
 
@@ -185,6 +204,25 @@ impl Tracker {
         self.conns.len()
     }
 
+    /// The tracker follows (or just closed) the connection `cookie`.
+    pub fn knows(&self, cookie: u64) -> bool {
+        self.conns.contains_key(&cookie)
+    }
+
+    /// Port and class of the connection `cookie`, open or just closed.
+    pub fn port_and_class(&self, cookie: u64) -> Option<(u16, ClassId)> {
+        self.conns.get(&cookie).map(|t| (t.local_port, t.class))
+    }
+
+    /// The open connections by address.
+    pub fn open_by_tuple(&self) -> HashMap<TupleKey, u64> {
+        self.conns
+            .iter()
+            .filter(|(_, t)| !t.has(CLOSED))
+            .map(|(&cookie, t)| (TupleKey(t.local_port, t.remote_port, t.peer), cookie))
+            .collect()
+    }
+
     /// Ports that have at least one open tracked connection.
     pub fn ports_with_open_connections(&self) -> BTreeSet<u16> {
         self.conns
@@ -200,6 +238,7 @@ impl Tracker {
         &mut self,
         snapshot: &Snapshot,
         classifier: &Classifier,
+        attributor: &Attributor,
         events: &mut Vec<LifecycleEvent>,
         views: &mut Vec<SocketView>,
     ) {
@@ -210,6 +249,8 @@ impl Tracker {
         let watched: BTreeSet<u16> = snapshot.watched_ports.iter().copied().collect();
         let mut step = Step {
             classifier,
+            attributor,
+            trace_complete: snapshot.trace_complete,
             events,
             now,
         };

@@ -3,11 +3,14 @@
 
 pub mod decode;
 pub mod events;
+pub mod ftrace;
 pub mod netlink;
+pub mod netns;
 pub mod procfs;
 pub mod replay;
 pub mod request;
 pub mod sampler;
+pub mod tracepoints;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {

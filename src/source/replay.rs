@@ -9,14 +9,19 @@
 //! sockets = [
 //!   { cookie = 1, state = "established", port = 8080, peer = "10.250.0.1:40001", idle_ms = 200 },
 //! ]
+//! trace = [                             # tracepoint hits since the previous sample
+//!   { event = "reset_received", cookie = 1, local = "10.250.0.2:8080", remote = "10.250.0.1:40001" },
+//! ]
 //! ```
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::model::socket::{Listener, Snapshot, SocketRecord, TcpInfo, TcpState, Timer};
+use crate::model::socket::{
+    Listener, Snapshot, SocketRecord, TcpInfo, TcpState, Timer, TraceEvent,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +31,15 @@ struct Scenario {
     /// Destroy events are subscribed (and complete) for the whole scenario.
     #[serde(default)]
     events: bool,
+    /// Tracepoints run (and lose nothing) for the whole scenario.
+    #[serde(default)]
+    tracepoints: bool,
+    /// Interface addresses of the watched namespace.
+    #[serde(default)]
+    local_addrs: Vec<IpAddr>,
+    /// No other network namespace exists.
+    #[serde(default)]
+    sole_netns: bool,
     #[serde(default)]
     sample: Vec<Sample>,
 }
@@ -42,6 +56,64 @@ struct Sample {
     /// Destroy events received since the previous sample (state is ignored: always closed).
     #[serde(default)]
     destroyed: Vec<ScriptSocket>,
+    #[serde(default)]
+    trace: Vec<ScriptTrace>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScriptTrace {
+    /// reset_sent | reset_received | destroyed | timed_out
+    event: String,
+    #[serde(default)]
+    skaddr: u64,
+    #[serde(default)]
+    cookie: u64,
+    /// The sending socket's state (reset_sent); absent when no socket sent it.
+    state: Option<String>,
+    #[serde(default)]
+    reason: String,
+    local: SocketAddr,
+    remote: SocketAddr,
+}
+
+fn script_trace(t: ScriptTrace, sample: usize) -> Result<TraceEvent, String> {
+    let (local, remote, skaddr, cookie) = (t.local, t.remote, t.skaddr, t.cookie);
+    Ok(match t.event.as_str() {
+        "reset_sent" => TraceEvent::ResetSent {
+            skaddr,
+            state: match &t.state {
+                None => None,
+                Some(s) => Some(
+                    state_from_label(s)
+                        .ok_or_else(|| format!("sample {}: unknown state {s:?}", sample + 1))?,
+                ),
+            },
+            // Scenarios are small and parsed once: their few reason names may live forever.
+            reason: Box::leak(t.reason.into_boxed_str()),
+            local,
+            remote,
+        },
+        "reset_received" => TraceEvent::ResetReceived {
+            skaddr,
+            cookie,
+            local,
+            remote,
+        },
+        "destroyed" => TraceEvent::Destroyed {
+            skaddr,
+            cookie,
+            local,
+            remote,
+        },
+        "timed_out" => TraceEvent::TimedOut { local, remote },
+        other => {
+            return Err(format!(
+                "sample {}: unknown trace event {other:?}",
+                sample + 1
+            ))
+        }
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +170,7 @@ fn state_from_label(s: &str) -> Option<TcpState> {
         "last_ack" => LastAck,
         "closing" => Closing,
         "close" => Close,
+        "listen" => Listen,
         _ => return None,
     })
 }
@@ -141,6 +214,15 @@ pub fn parse_scenario(text: &str) -> Result<Vec<Snapshot>, String> {
             sockets,
             events_complete: events,
             destroyed,
+            trace: sample
+                .trace
+                .into_iter()
+                .map(|t| script_trace(t, i))
+                .collect::<Result<Vec<_>, _>>()?,
+            trace_running: scenario.tracepoints,
+            trace_complete: scenario.tracepoints,
+            local_addrs: scenario.local_addrs.clone(),
+            sole_netns: scenario.sole_netns,
         });
     }
     Ok(out)

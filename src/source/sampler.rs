@@ -2,11 +2,14 @@
 //! and one filtered dump per address family, assembled into a [`Snapshot`].
 
 use std::collections::BTreeSet;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::events::{DestroyEvents, Drained, EventsError};
 use super::netlink::SockDiag;
+use super::netns::{local_addresses, sole_network_namespace};
 use super::request::{DumpSpec, Family};
+use super::tracepoints::{TraceDrained, TraceError, Tracepoints};
 use super::SourceError;
 use crate::model::socket::{Listener, Snapshot, SocketRecord, TcpState, Timestamp};
 use crate::model::watch::{Selected, Watch};
@@ -14,9 +17,17 @@ use crate::model::watch::{Selected, Watch};
 pub struct Sampler {
     diag: SockDiag,
     events: Option<DestroyEvents>,
+    trace: Option<Tracepoints>,
+    /// procfs root and when the namespace census was last taken (tracepoints only).
+    procfs: PathBuf,
+    census_at: Option<Instant>,
+    sole_netns: bool,
     scratch: Vec<SocketRecord>,
     origin: Instant,
 }
+
+/// How often the sampler checks whether other network namespaces exist.
+const CENSUS_EVERY: Duration = Duration::from_secs(10);
 
 impl Sampler {
     /// A sampler that dumps only.
@@ -24,9 +35,25 @@ impl Sampler {
         Sampler {
             diag: SockDiag::new(),
             events: None,
+            trace: None,
+            procfs: PathBuf::from("/proc"),
+            census_at: None,
+            sole_netns: false,
             scratch: Vec::new(),
             origin: Instant::now(),
         }
+    }
+
+    /// Starts the tracepoint source (resets, timeouts) from the tracefs mounted at `tracefs`;
+    /// `procfs` serves the namespace census.
+    pub fn enable_tracepoints(&mut self, tracefs: &Path, procfs: &Path) -> Result<(), TraceError> {
+        self.trace = Some(Tracepoints::start(tracefs)?);
+        self.procfs = procfs.to_path_buf();
+        Ok(())
+    }
+
+    pub fn tracepoints_running(&self) -> bool {
+        self.trace.is_some()
     }
 
     /// A sampler that also subscribes to destroy events; without the privilege it dumps only
@@ -120,6 +147,9 @@ impl Sampler {
         if let Some(events) = &self.events {
             events.set_ports(&selected.ports);
         }
+        if let Some(trace) = &self.trace {
+            trace.set_ports(&selected.ports);
+        }
         snapshot.watched_ports.clear();
         snapshot.watched_ports.extend_from_slice(&selected.ports);
         snapshot.taken_at = self.now();
@@ -132,6 +162,28 @@ impl Sampler {
         let events = self.events.as_ref()?;
         let drained = events.drain(&mut snapshot.destroyed);
         snapshot.events_complete = !drained.overflowed;
+        Some(drained)
+    }
+
+    /// Collects the tracepoint hits recorded so far into `snapshot.trace`, with what the model
+    /// needs to attribute them to this namespace; call after [`Sampler::drain_events`], so that
+    /// the hits of every destroyed socket are in.
+    pub fn drain_trace(&mut self, snapshot: &mut Snapshot) -> Option<TraceDrained> {
+        snapshot.trace.clear();
+        snapshot.trace_running = false;
+        snapshot.trace_complete = false;
+        let trace = self.trace.as_ref()?;
+        let drained = trace.drain(&mut snapshot.trace);
+        snapshot.trace_running = true;
+        snapshot.trace_complete = drained.lost == 0 && drained.undecodable == 0;
+        if self.census_at.is_none_or(|at| at.elapsed() >= CENSUS_EVERY) {
+            self.sole_netns = sole_network_namespace(&self.procfs);
+            self.census_at = Some(Instant::now());
+        }
+        snapshot.sole_netns = self.sole_netns;
+        if let Ok(addrs) = local_addresses() {
+            snapshot.local_addrs = addrs;
+        }
         Some(drained)
     }
 }
