@@ -30,6 +30,10 @@ if [ "${#need[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
 fi
 command -v cargo >/dev/null || { echo "cargo (Rust >= 1.85) is required" >&2; exit 1; }
+# The tracepoint tests read tracefs; a host without it mounted gets it mounted (root only).
+if [ ! -d /sys/kernel/tracing/instances ] && [ "$(id -u)" -eq 0 ]; then
+  mount -t tracefs nodev /sys/kernel/tracing
+fi
 
 step "format and lints"
 cargo fmt --all -- --check

@@ -181,6 +181,37 @@ fn time_wait_never_seen_open_is_a_short_connection() {
 }
 
 #[test]
+fn an_orphan_in_fin_wait2_without_tcp_info_is_a_remnant_not_a_connection() {
+    // The application closed first and the peer has not sent its FIN: the kernel turned the
+    // full socket into a TIME_WAIT mini-socket in substate FIN_WAIT2, which the dump reports as
+    // fin_wait2 without tcp_info and, when the full socket never had a cookie, with a cookie
+    // of its own. The full socket's destroy event (cookie 20) is the connection; the
+    // mini-socket (cookie 21) is not another one, neither in FIN_WAIT2 nor once in TIME_WAIT.
+    let (model, _) = replay(
+        r#"
+        watched = [8080]
+        events = true
+        [[sample]]
+        at = "0s"
+        listeners = [{ port = 8080 }]
+        [[sample]]
+        at = "1s"
+        listeners = [{ port = 8080 }]
+        sockets = [{ cookie = 21, state = "fin_wait2", port = 8080, peer = "10.250.0.1:40020", no_info = true }]
+        destroyed = [{ cookie = 20, port = 8080, peer = "10.250.0.1:40020" }]
+        [[sample]]
+        at = "2s"
+        listeners = [{ port = 8080 }]
+        sockets = [{ cookie = 21, state = "time_wait", port = 8080, peer = "10.250.0.1:40020" }]
+        "#,
+        Classifier::default(),
+    );
+    let ca = all(&model, 8080);
+    assert_eq!((ca.opened_total, ca.closed_total), (1, 1));
+    assert_eq!(ca.states[TIME_WAIT], 1);
+}
+
+#[test]
 fn a_reused_cookie_with_another_peer_is_a_new_connection() {
     let (model, events) = replay(
         r#"

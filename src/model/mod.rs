@@ -45,6 +45,11 @@ impl Model {
         &self.views
     }
 
+    /// The lifecycle events of the last snapshot.
+    pub fn last_events(&self) -> &[LifecycleEvent] {
+        &self.events
+    }
+
     /// Folds one snapshot in and returns the lifecycle events it produced.
     pub fn observe(&mut self, snapshot: &Snapshot) -> &[LifecycleEvent] {
         self.events.clear();

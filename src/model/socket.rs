@@ -229,6 +229,14 @@ pub struct SocketRecord {
 }
 
 impl SocketRecord {
+    /// The TIME_WAIT remnant of a closed connection: a TIME_WAIT socket, or a TIME_WAIT
+    /// mini-socket still in its FIN_WAIT2 substate (an orphan waiting for the peer's FIN, which
+    /// the kernel reports as FIN_WAIT2 but without tcp_info, since it is no full socket).
+    pub fn is_remnant(&self) -> bool {
+        self.state == TcpState::TimeWait
+            || (self.state == TcpState::FinWait2 && self.info.is_none())
+    }
+
     /// The connection has fired its retransmission timer at least once and the data is still
     /// unacknowledged: the peer is not answering (blackhole, dead peer, heavy loss).
     pub fn is_retransmitting(&self) -> bool {

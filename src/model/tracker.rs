@@ -11,6 +11,10 @@
 //!   listener existed: a graceful shutdown closes the listener first and drains afterwards).
 //! - Closed = a destroy event for the cookie (with the final tcp_info), entering TIME_WAIT, or
 //!   disappearing from the dump, whichever comes first; a closed connection is counted once.
+//!   An orphaned FIN_WAIT2 connection (closed by the application, waiting for the peer's FIN)
+//!   is a TIME_WAIT mini-socket that the dump reports as FIN_WAIT2 without tcp_info: a remnant
+//!   like TIME_WAIT, not a connection of its own (its cookie is its own when the full socket
+//!   never had one).
 //! - A destroy event for a cookie never seen open is a connection opened and closed between two
 //!   samples: opened and closed, with no lifetime. So is a TIME_WAIT socket never seen open when
 //!   destroy events are not available (with them, the event counts it: a TIME_WAIT socket whose
@@ -361,7 +365,7 @@ impl Tracker {
                             0
                         },
                     };
-                    if record.state == TcpState::TimeWait {
+                    if record.is_remnant() {
                         // With destroy events complete, this connection's close came (or comes
                         // within a sample) as an event; the kernel gives a TIME_WAIT socket a
                         // cookie of its own when none was generated before, so only the
@@ -379,7 +383,7 @@ impl Tracker {
             };
             entry.generation = generation;
             entry.state = record.state;
-            if record.state == TcpState::TimeWait && !entry.has(CLOSED) {
+            if record.is_remnant() && !entry.has(CLOSED) {
                 step.close(record.cookie, &mut entry, None, false);
             }
             view.class = entry.class;

@@ -152,6 +152,9 @@ struct ScriptSocket {
     /// Data segments sent to the client (tcpi_data_segs_out).
     #[serde(default)]
     segs_out: u32,
+    /// The kernel sent no tcp_info (a TIME_WAIT mini-socket, whatever its reported state).
+    #[serde(default)]
+    no_info: bool,
 }
 
 fn closed_state() -> String {
@@ -231,17 +234,20 @@ pub fn parse_scenario(text: &str) -> Result<Vec<Snapshot>, String> {
 fn script_record(s: ScriptSocket, sample: usize) -> Result<SocketRecord, String> {
     let state = state_from_label(&s.state)
         .ok_or_else(|| format!("sample {}: unknown state {:?}", sample + 1, s.state))?;
-    let info = (state != TcpState::TimeWait && state != TcpState::SynRecv).then(|| TcpInfo {
-        len: 280,
-        retransmits: s.retransmits,
-        last_data_recv_ms: s.idle_ms,
-        last_data_sent_ms: s.idle_ms,
-        bytes_received: s.bytes_received,
-        bytes_acked: s.bytes_acked,
-        data_segs_in: s.segs_in,
-        data_segs_out: s.segs_out,
-        ..TcpInfo::default()
-    });
+    let info =
+        (state != TcpState::TimeWait && state != TcpState::SynRecv && !s.no_info).then(|| {
+            TcpInfo {
+                len: 280,
+                retransmits: s.retransmits,
+                last_data_recv_ms: s.idle_ms,
+                last_data_sent_ms: s.idle_ms,
+                bytes_received: s.bytes_received,
+                bytes_acked: s.bytes_acked,
+                data_segs_in: s.segs_in,
+                data_segs_out: s.segs_out,
+                ..TcpInfo::default()
+            }
+        });
     Ok(SocketRecord {
         cookie: s.cookie,
         state,

@@ -19,7 +19,7 @@ use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -153,10 +153,18 @@ impl Tracepoints {
             intern,
         )?;
         remove_stale_instances(&instances);
-        let instance = instances.join(format!("{INSTANCE_PREFIX}{}", std::process::id()));
-        if !instance.is_dir() {
-            fs::create_dir(&instance).map_err(io(&instance))?;
+        // One instance per source: `drainwatch-<pid>`, then `-1`, `-2`... for more in one process.
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let name = match n {
+            0 => format!("{INSTANCE_PREFIX}{}", std::process::id()),
+            n => format!("{INSTANCE_PREFIX}{}-{n}", std::process::id()),
+        };
+        let instance = instances.join(name);
+        if instance.is_dir() {
+            remove_instance(&instance);
         }
+        fs::create_dir(&instance).map_err(io(&instance))?;
         match setup_instance(&instance, decoder) {
             Ok(reader) => {
                 let reader = Arc::new(Mutex::new(reader));
@@ -374,6 +382,7 @@ fn remove_stale_instances(instances: &Path) {
         let Some(pid) = name
             .to_str()
             .and_then(|n| n.strip_prefix(INSTANCE_PREFIX))
+            .and_then(|p| p.split('-').next())
             .and_then(|p| p.parse::<u32>().ok())
         else {
             continue;

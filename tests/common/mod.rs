@@ -42,6 +42,10 @@ pub fn all(model: &Model, port: u16) -> ClassAggregate {
         }
         sum.opened_total += ca.opened_total;
         sum.closed_total += ca.closed_total;
+        for (s, v) in sum.closed_by_reason.iter_mut().zip(ca.closed_by_reason) {
+            *s += v;
+        }
+        sum.timeouts_total += ca.timeouts_total;
         sum.lifetime.count += ca.lifetime.count;
         sum.lifetime.sum += ca.lifetime.sum;
         sum.retransmitting += ca.retransmitting;
