@@ -14,8 +14,13 @@
 #   e. exporter VmRSS growth per tracked connection (exporter started before the N connections),
 #      and drainwatch_connections{port="P",state="established"} == N
 #   f. one sample of port P with the classifier's heuristics off (--classify.heuristics=false)
+#   g. the running exporter's CPU use (utime + stime over CPU_SECONDS, default 15 s, share of one
+#      core) with the event sources on (destroy events and tracepoints, the default) and in
+#      dump-only mode (--source.destroy-events=false --source.tracepoints=false), interleaved
+#      on, off, on, off, while the N connections sit idle
 # Targets: b/a <= 0.35, c/b <= 0.30, every scrape < 10 ms, e <= 300 bytes, established == N,
-# b/f <= 1.10 (the classifier adds at most 10% to the sample cost; issue 4).
+# b/f <= 1.10 (the classifier adds at most 10% to the sample cost; issue 4), g(on) - g(off)
+# <= 0.02 of one core with the tracepoints running (issue 5).
 # Also reported, without a target: c0, a bare in-process sock_diag dump of Q (both address
 # families in one TCPDIAG_GETSOCK dump, as drainwatch sends it) with drainwatch's state mask and
 # filter, nothing decoded: the kernel's own cost of walking its
@@ -36,6 +41,7 @@ REPETITIONS=15
 ITERATIONS=20
 SCRAPES=30
 SCRAPE_SPACING=0.1
+CPU_SECONDS=${CPU_SECONDS:-15}
 MARKDOWN=0
 BUILD=0
 
@@ -228,6 +234,39 @@ SCRAPE_BYTES=$(wc -c <"$WORK/metrics.txt")
 stop_pid "$EXPORTER_PID" 10   # so that it does not compete for the CPUs during a-c
 EXPORTER_PID=""
 
+# --- g. exporter CPU at N idle connections: event sources on vs dump-only ----------------------
+CLK_TCK=$(getconf CLK_TCK)
+measure_cpu() {  # measure_cpu MODE ARGS...: appends "MODE share sources_up" to $WORK/cpu.txt
+  local mode=$1 t0 t1 w0 w1 up i
+  shift
+  "$BIN" --watch.port "$PORT_P" --watch.port "$PORT_Q" --web.listen-address "127.0.0.1:$PORT_WEB" \
+    --sample.interval 1s "$@" >"$WORK/cpu-exporter.log" 2>&1 &
+  EXPORTER_PID=$!
+  for (( i = 0; ; i++ )); do
+    curl -sf -o "$WORK/cpu-metrics.txt" "$METRICS_URL" && \
+      [[ "$(metric "$WORK/cpu-metrics.txt" drainwatch_sampled_sockets)" -ge "$CONNECTIONS" ]] && break
+    kill -0 "$EXPORTER_PID" 2>/dev/null || { cat "$WORK/cpu-exporter.log" >&2; die "exporter exited"; }
+    (( i < 600 )) || die "exporter ($mode) did not sample the N connections in 60 s"
+    sleep 0.1
+  done
+  sleep 3   # past the first samples (every connection is new to the tracker then)
+  up=$(metric "$WORK/cpu-metrics.txt" drainwatch_source_up source=tracepoints)
+  t0=$(awk '{ print $14 + $15 }' "/proc/$EXPORTER_PID/stat"); w0=$(date +%s.%N)
+  sleep "$CPU_SECONDS"
+  t1=$(awk '{ print $14 + $15 }' "/proc/$EXPORTER_PID/stat"); w1=$(date +%s.%N)
+  stop_pid "$EXPORTER_PID" 10
+  EXPORTER_PID=""
+  python3 -c "print('$mode', ($t1 - $t0) / $CLK_TCK / ($w1 - $w0), '$up')" >>"$WORK/cpu.txt"
+}
+: >"$WORK/cpu.txt"
+for round in 1 2; do
+  log "measuring exporter CPU, round $round: event sources on, then dump-only (${CPU_SECONDS}s each)"
+  measure_cpu on
+  measure_cpu off --source.destroy-events=false --source.tracepoints=false
+done
+CPU_LINES=$(cat "$WORK/cpu.txt")
+export CPU_LINES CPU_SECONDS
+
 # --- a, b, c: interleaved repetitions, then the report ----------------------------------------
 export SCRAPE_SPACING BIN_STALE LOADAVG_START BIN PORT_P PORT_Q PORT_WEB CONNECTIONS IDLE_CONNECTIONS REPETITIONS ITERATIONS MARKDOWN \
   RSS_BEFORE RSS_AFTER TRACKED ESTABLISHED SS_ESTABLISHED SCRAPE_BYTES OUT_DIR ROOT
@@ -323,6 +362,13 @@ for r in range(R):
     d, _, _, _ = run_sample(P, "--classify.heuristics=false"); rules_only += d
 
 scrape = [float(x) for x in E["SCRAPE_TIMES_LIST"].split()]
+cpu = {"on": [], "off": []}
+trace_up = []
+for line in E["CPU_LINES"].splitlines():
+    mode, share, up = line.split()
+    cpu[mode].append(float(share))
+    if mode == "on":
+        trace_up.append(up)
 
 def stats(xs):
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs),
@@ -359,6 +405,9 @@ res = {
     "scrape_seconds": dict(stats(scrape), response_bytes=int(E["SCRAPE_BYTES"]),
                            spacing_seconds=float(E["SCRAPE_SPACING"])),
     "rss_kib": {"before": int(E["RSS_BEFORE"]), "after": int(E["RSS_AFTER"])},
+    "exporter_cpu_share": {"events_on": cpu["on"], "dump_only": cpu["off"],
+                           "seconds_each": int(E["CPU_SECONDS"]),
+                           "tracepoints_up_when_on": trace_up},
     "exporter": {"tracked_connections": E["TRACKED"], "established_on_p": E["ESTABLISHED"],
                  "ss_established_on_p": int(E["SS_ESTABLISHED"])},
 }
@@ -367,6 +416,9 @@ b = res["sample_full_seconds"]["median"]
 c = res["sample_one_port_seconds"]["median"]
 c0 = res["kernel_floor_one_port_seconds"]["median"]
 rules = res["sample_full_rules_only_seconds"]["median"]
+g_on, g_off = statistics.mean(cpu["on"]), statistics.mean(cpu["off"])
+g = g_on - g_off
+traced = all(u == "1" for u in trace_up)
 mem = (res["rss_kib"]["after"] - res["rss_kib"]["before"]) * 1024 / N
 res["bytes_per_connection"] = mem
 est = E["ESTABLISHED"]
@@ -377,6 +429,8 @@ targets = [
      b / rules <= 1.10),
     ("d", "scrape time, max of %d" % len(scrape), max(scrape), "< 10 ms", max(scrape) < 0.010),
     ("e", "RSS growth per tracked connection", mem, "<= 300 B", mem <= 300),
+    ("g", "exporter CPU, event sources on minus dump-only (share of one core)", g, "<= 0.02",
+     g <= 0.02 and traced),
     ("est", 'drainwatch_connections{port="P",state="established"}', est, "== %d" % N,
      est == str(N)),
     ("sockets", "sockets seen by the full sample", min(full_socks), ">= %d" % N,
@@ -407,6 +461,10 @@ rows = [
      "b/f = %.3f <= 1.10" % (b / rules), ok(T["b/f"])),
     ("d", "GET /metrics (curl time_total)", "median / max of %d" % len(scrape),
      "%s / %s" % (ms(statistics.median(scrape)), ms(max(scrape))), "max < 10 ms", ok(T["d"])),
+    ("g", "exporter CPU at N idle: events on / dump-only", "mean of %d x %d s each" % (
+        len(cpu["on"]), int(E["CPU_SECONDS"])), "%.2f%% / %.2f%%" % (g_on * 100, g_off * 100),
+     "on - off = %.2f%% <= 2%%%s" % (g * 100, "" if traced else " (tracepoints NOT running)"),
+     ok(T["g"])),
     ("e", "VmRSS growth per tracked connection", "%d -> %d KiB" % (
         res["rss_kib"]["before"], res["rss_kib"]["after"]), "%.0f B" % mem, "<= 300 B", ok(T["e"])),
     ("", 'connections{port="P",state="established"}', "ss: %s" % E["SS_ESTABLISHED"], est,
