@@ -18,7 +18,7 @@ step() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
 step "system packages"
 need=()
 for pair in nginx:nginx haproxy:haproxy promtool:prometheus prometheus:prometheus tcpdump:tcpdump \
-            ip:iproute2 nft:nftables curl:curl ss:iproute2 pkill:procps; do
+            ip:iproute2 nft:nftables curl:curl ss:iproute2 pkill:procps tmux:tmux; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then need+=(python3-venv); fi

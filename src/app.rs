@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
-use crate::exposition::http::{app, AppState};
+use crate::exposition::http::{app, AppState, DrainControl, DrainMarks};
 use crate::exposition::metrics::{ConnectionInfo, Published, SelfStats, SharedState};
 use crate::model::classify::Classifier;
 use crate::model::socket::Snapshot;
@@ -151,6 +151,7 @@ impl Pipeline {
                 if self.watch.discovers() {
                     let watched: BTreeSet<u16> = selected.ports.iter().copied().collect();
                     self.model.aggregates.retain_ports(|p| watched.contains(&p));
+                    self.model.drains.retain_ports(|p| watched.contains(&p));
                 }
                 self.model.aggregates.unwatched_listening_ports = selected.over_cap;
                 self.stats.source_up[SOCK_DIAG] = true;
@@ -185,8 +186,20 @@ impl Pipeline {
         }
     }
 
+    /// Marks the start of a drain of `port`: openings of the following samples count as late
+    /// arrivals.
+    pub fn mark_drain(&mut self, port: u16) {
+        let t = self.snapshot.taken_at;
+        self.model.drains.mark(port, t.monotonic_ms, t.unix_ms);
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     pub fn published(&self) -> Published {
         let mut published = publish(&self.model, self.host.clone(), self.stats.clone());
+        published.drain_thresholds = self.config.drain;
         if self.config.connections_api {
             published.connections = Some(Arc::new(connection_list(&self.model, &self.snapshot)));
         }
@@ -214,6 +227,8 @@ pub fn publish(model: &Model, host: Option<HostCounters>, stats: SelfStats) -> P
         classes: model.classifier.table().clone(),
         host,
         stats,
+        drains: model.drains.ports.clone(),
+        drain_thresholds: Default::default(),
         version: VERSION,
         revision: REVISION,
     }
@@ -255,6 +270,7 @@ pub fn connection_list(model: &Model, snapshot: &Snapshot) -> Vec<ConnectionInfo
 pub fn spawn_sampler(
     config: Config,
     shared: SharedState,
+    marks: DrainMarks,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -264,6 +280,11 @@ pub fn spawn_sampler(
             let mut pipeline = Pipeline::new(config);
             let mut next = Instant::now();
             while !stop.load(Ordering::Relaxed) {
+                let marked: Vec<u16> =
+                    std::mem::take(&mut *marks.lock().unwrap_or_else(|p| p.into_inner()));
+                for port in marked {
+                    pipeline.mark_drain(port);
+                }
                 pipeline.step();
                 pipeline.read_host();
                 shared.store(Arc::new(pipeline.published()));
@@ -302,8 +323,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         "drainwatch {VERSION} serving /metrics{}",
         if config.ports.is_empty() { ", watching every listening port" } else { "" }
     );
-    let sampler = spawn_sampler(config, shared.clone(), stop.clone())?;
-    let router = app(AppState::new(shared));
+    let marks = DrainMarks::default();
+    let control = DrainControl::new(
+        config.drain_token.clone(),
+        config.listen_address,
+        marks.clone(),
+    );
+    let sampler = spawn_sampler(config, shared.clone(), marks, stop.clone())?;
+    let router = app(AppState::new(shared).with_drain_control(control));
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())
         .await?;

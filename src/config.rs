@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use crate::model::classify::{Network, Rule, Thresholds};
+use crate::model::drain::DrainThresholds;
 
 pub const DEFAULT_LISTEN_ADDRESS: &str = "0.0.0.0:9977";
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -42,6 +43,54 @@ pub enum Command {
     },
     /// Sample the kernel in-process, without serving, and print the result and timings.
     Sample(Box<SampleArgs>),
+    /// Wait until ports are drained (for deploy pipelines and preStop hooks): exit 0 when
+    /// drained, 1 at --timeout, 2 on bad usage. Samples the kernel itself; no daemon needed.
+    Wait(Box<WaitArgs>),
+    /// Print the watched ports' connections (state, class, age, idle, queues) as an ss-like
+    /// table or JSON, as evidence before, during and after a drain.
+    Snapshot(Box<SnapshotArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Port to wait for (repeatable; every one must be drained).
+    #[arg(long = "port", value_name = "PORT", value_parser = parse_port, required = true)]
+    pub ports: Vec<u16>,
+    /// Active connections (every class but health probes) allowed when drained.
+    #[arg(long = "max-active", value_name = "N", default_value_t = 0)]
+    pub max_active: u64,
+    /// WebSocket sessions allowed when drained.
+    #[arg(long = "max-websocket", value_name = "N", default_value_t = 0)]
+    pub max_websocket: u64,
+    /// How long no new connection (probes excluded) may have arrived.
+    #[arg(long = "quiet", value_name = "DURATION", default_value = "10s", value_parser = parse_threshold)]
+    pub quiet: Duration,
+    /// Consecutive samples within the thresholds.
+    #[arg(long = "hold-samples", value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub hold_samples: u32,
+    /// Give up after this long (exit 1); 0 waits forever.
+    #[arg(long = "timeout", value_name = "DURATION", default_value = "0s", value_parser = parse_threshold)]
+    pub timeout: Duration,
+    /// Interval between two kernel samples.
+    #[arg(long = "sample.interval", value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Progress display: a live view on a terminal, log lines otherwise.
+    #[arg(long = "progress", default_value = "auto", value_parser = ["auto", "tty", "lines", "none"])]
+    pub progress: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Local port to show (repeatable). Without any, every listening port.
+    #[arg(long = "watch.port", value_name = "PORT", value_parser = parse_port)]
+    pub ports: Vec<u16>,
+    /// Output format.
+    #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+    pub format: String,
+    /// Observe this long before printing (two samples at least), so that classes have
+    /// evidence; ages are lower bounds from the first sample.
+    #[arg(long = "duration", value_name = "DURATION", default_value = "2s", value_parser = parse_threshold)]
+    pub duration: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +166,22 @@ pub struct RunArgs {
     /// Mount point of tracefs [default: /sys/kernel/tracing].
     #[arg(long = "path.tracefs", value_name = "PATH")]
     pub tracefs: Option<PathBuf>,
+    /// Active connections (probes excluded) a drained port may keep [default: 0].
+    #[arg(long = "drain.max-active", value_name = "N")]
+    pub drain_max_active: Option<u64>,
+    /// WebSocket sessions a drained port may keep [default: 0].
+    #[arg(long = "drain.max-websocket", value_name = "N")]
+    pub drain_max_websocket: Option<u64>,
+    /// How long no new connection may have arrived on a drained port [default: 10s].
+    #[arg(long = "drain.quiet", value_name = "DURATION", value_parser = parse_threshold)]
+    pub drain_quiet: Option<Duration>,
+    /// Consecutive samples within the thresholds before a port is drained [default: 3].
+    #[arg(long = "drain.hold-samples", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub drain_hold_samples: Option<u32>,
+    /// File holding the bearer token POST /drain/start requires; without one, marking drains
+    /// is allowed only when --web.listen-address is a loopback address.
+    #[arg(long = "web.drain-token-file", value_name = "FILE")]
+    pub drain_token_file: Option<PathBuf>,
 }
 
 /// The validated configuration the program runs with.
@@ -135,6 +200,9 @@ pub struct Config {
     pub tracepoints: bool,
     pub procfs: PathBuf,
     pub tracefs: PathBuf,
+    pub drain: DrainThresholds,
+    /// Bearer token for POST /drain/start (read from --web.drain-token-file).
+    pub drain_token: Option<String>,
 }
 
 impl Default for Config {
@@ -151,6 +219,8 @@ impl Default for Config {
             tracepoints: true,
             procfs: PathBuf::from("/proc"),
             tracefs: PathBuf::from("/sys/kernel/tracing"),
+            drain: DrainThresholds::default(),
+            drain_token: None,
         }
     }
 }
@@ -186,6 +256,18 @@ struct FileConfig {
     classes: Vec<FileClassRule>,
     #[serde(default)]
     classify: FileClassify,
+    #[serde(default)]
+    drain: FileDrain,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDrain {
+    max_active: Option<u64>,
+    max_websocket: Option<u64>,
+    #[serde(default, deserialize_with = "de_threshold")]
+    quiet: Option<Duration>,
+    hold_samples: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -208,6 +290,7 @@ struct FileClassify {
 struct FileWeb {
     listen_address: Option<SocketAddr>,
     enable_connections_api: Option<bool>,
+    drain_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -557,6 +640,38 @@ impl Config {
         }
         if let Some(p) = args.tracefs.clone().or(file.path.tracefs) {
             config.tracefs = p;
+        }
+        let d = &mut config.drain;
+        if let Some(v) = args.drain_max_active.or(file.drain.max_active) {
+            d.max_active = v;
+        }
+        if let Some(v) = args.drain_max_websocket.or(file.drain.max_websocket) {
+            d.max_websocket = v;
+        }
+        if let Some(v) = args.drain_quiet.or(file.drain.quiet) {
+            d.quiet_ms = v.as_millis() as u64;
+        }
+        if let Some(v) = args.drain_hold_samples.or(file.drain.hold_samples) {
+            if v == 0 {
+                return Err(ConfigError::Invalid(
+                    "drain hold_samples must be at least 1".into(),
+                ));
+            }
+            d.hold_samples = v as usize;
+        }
+        if let Some(path) = args.drain_token_file.clone().or(file.web.drain_token_file) {
+            let token = std::fs::read_to_string(&path).map_err(|e| ConfigError::Read {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            let token = token.trim().to_string();
+            if token.len() < 16 {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: the drain token must be at least 16 characters",
+                    path.display()
+                )));
+            }
+            config.drain_token = Some(token);
         }
         Ok(config)
     }

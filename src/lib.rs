@@ -11,3 +11,4 @@ pub mod config;
 pub mod exposition;
 pub mod model;
 pub mod source;
+pub mod tools;

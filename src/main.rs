@@ -27,6 +27,14 @@ fn main() -> ExitCode {
             Err(e) => config_error(e),
         },
         Some(Command::Sample(args)) => sample(*args),
+        Some(Command::Wait(args)) => ExitCode::from(drainwatch::tools::wait(
+            &args,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        )),
+        Some(Command::Snapshot(args)) => {
+            ExitCode::from(drainwatch::tools::snapshot(&args, &mut std::io::stdout()))
+        }
         None => {
             let config = match Config::from_cli(&cli.run) {
                 Ok(c) => c,

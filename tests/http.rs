@@ -168,3 +168,128 @@ async fn connections_api_explains_each_class() {
     let (status, _, _) = get(state, "/api/v1/connections?port=70000", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+/// One port that drained: a connection closed at 2 s, the listener stays; 20 samples.
+fn drained_port_state() -> SharedState {
+    let mut scenario = String::from("watched = [8080]\nevents = true\n");
+    for t in 0..20 {
+        scenario += &format!("[[sample]]\nat = \"{t}s\"\nlisteners = [{{ port = 8080 }}]\n");
+        if t < 2 {
+            scenario += "sockets = [{ cookie = 1, state = \"established\", port = 8080, peer = \"10.250.0.1:40001\", segs_in = 1, segs_out = 1 }]\n";
+        }
+        if t == 2 {
+            scenario += "destroyed = [{ cookie = 1, port = 8080, peer = \"10.250.0.1:40001\" }]\n";
+        }
+    }
+    state_after(&scenario)
+}
+
+#[tokio::test]
+async fn drain_answers_200_when_ready_and_503_with_the_reason_when_not() {
+    let state = drained_port_state();
+    let (status, ctype, body) = get(state.clone(), "/drain?port=8080", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(ctype.starts_with("application/json"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["verdict"]["ready"], true);
+    assert_eq!(v["verdict"]["phase"], "drained");
+    // The same history under a quiet window longer than what was observed is not ready.
+    let (status, _, body) = get(state.clone(), "/drain?port=8080&quiet=60s", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["verdict"]["ready"], false);
+    assert!(
+        v["verdict"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("less than the quiet window of 60s"),
+        "{body}"
+    );
+    let (status, _, _) = get(state.clone(), "/drain?port=9999", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = get(state.clone(), "/drain", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = get(state, "/drain?port=8080&quiet=soon", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+async fn post(router: axum::Router, uri: &str, token: Option<&str>) -> StatusCode {
+    let mut req = Request::post(uri);
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    router
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn drain_start_needs_the_token_or_a_loopback_listener_and_changes_nothing_otherwise() {
+    use drainwatch::exposition::http::{DrainControl, DrainMarks};
+    let state = drained_port_state();
+    let token = "0123456789abcdef-secret";
+    let public: std::net::SocketAddr = "0.0.0.0:9977".parse().unwrap();
+    let loopback: std::net::SocketAddr = "127.0.0.1:9977".parse().unwrap();
+    let router = |control: Option<DrainControl>| {
+        let s = AppState::new(state.clone());
+        app(match control {
+            Some(c) => s.with_drain_control(c),
+            None => s,
+        })
+    };
+
+    // A token is configured: no token or a wrong one is refused (401), nothing is marked.
+    let marks = DrainMarks::default();
+    let with_token = || Some(DrainControl::new(Some(token.into()), public, marks.clone()));
+    assert_eq!(
+        post(router(with_token()), "/drain/start?port=8080", None).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post(
+            router(with_token()),
+            "/drain/start?port=8080",
+            Some("0123456789abcdef-wrong!")
+        )
+        .await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(marks.lock().unwrap().is_empty());
+    assert_eq!(
+        post(router(with_token()), "/drain/start?port=8080", Some(token)).await,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(*marks.lock().unwrap(), vec![8080]);
+
+    // No token, listening on every address: refused (403).
+    let marks = DrainMarks::default();
+    let open = Some(DrainControl::new(None, public, marks.clone()));
+    assert_eq!(
+        post(router(open), "/drain/start?port=8080", None).await,
+        StatusCode::FORBIDDEN
+    );
+    assert!(marks.lock().unwrap().is_empty());
+    // No control wired at all: refused.
+    assert_eq!(
+        post(router(None), "/drain/start?port=8080", None).await,
+        StatusCode::FORBIDDEN
+    );
+
+    // No token, loopback listener: allowed; an unwatched port is 404 and not marked.
+    let marks = DrainMarks::default();
+    let local = || Some(DrainControl::new(None, loopback, marks.clone()));
+    assert_eq!(
+        post(router(local()), "/drain/start?port=9999", None).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        post(router(local()), "/drain/start?port=8080", None).await,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(*marks.lock().unwrap(), vec![8080]);
+    // GET is not a way to mark.
+    let (status, _, _) = get(state, "/drain/start?port=8080", None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}

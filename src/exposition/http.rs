@@ -6,16 +6,24 @@
 //! - `GET /api/v1/connections[?port=P]`: open connections with their class and the evidence
 //!   behind it, as JSON. It shows peer addresses, so it answers 404 unless the exporter was
 //!   started with `--web.enable-connections-api`.
+//! - `GET /drain?port=P[&max_active=N][&max_websocket=N][&quiet=30s][&hold_samples=N]`: the
+//!   drain verdict, 200 when the port is safe to remove, 503 when not, with a JSON body giving
+//!   the numbers and the reason. Thresholds default to the `--drain.*` flags.
+//! - `POST /drain/start?port=P`: marks the start of a drain (late arrivals are counted from
+//!   then). It changes state, so it needs `Authorization: Bearer <token>` with the token of
+//!   `--web.drain-token-file`; without a token file it is allowed only when the exporter listens
+//!   on a loopback address, and refused (403) otherwise.
 //!
 //! Handlers only read what the sampler published; no request ever dumps the kernel.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use prometheus_client::registry::Registry;
 
@@ -25,16 +33,48 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// Drain starts marked over HTTP, waiting for the sampler to take them (ports).
+pub type DrainMarks = Arc<Mutex<Vec<u16>>>;
+
+/// Who may mark a drain start, and where the marks go.
+#[derive(Clone, Debug)]
+pub struct DrainControl {
+    token: Option<String>,
+    loopback_only: bool,
+    marks: DrainMarks,
+}
+
+impl DrainControl {
+    pub fn new(token: Option<String>, listen: SocketAddr, marks: DrainMarks) -> Self {
+        DrainControl {
+            token,
+            loopback_only: listen.ip().is_loopback(),
+            marks,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct AppState {
     pub shared: SharedState,
     pub registry: Arc<Registry>,
+    /// `None`: drain marking is not wired (refused).
+    pub drain: Option<DrainControl>,
 }
 
 impl AppState {
     pub fn new(shared: SharedState) -> Self {
         let registry = Arc::new(super::metrics::registry(shared.clone()));
-        AppState { shared, registry }
+        AppState {
+            shared,
+            registry,
+            drain: None,
+        }
+    }
+
+    pub fn with_drain_control(mut self, control: DrainControl) -> Self {
+        self.drain = Some(control);
+        self
     }
 }
 
@@ -45,6 +85,8 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/", get(index))
         .route("/api/v1/connections", get(connections))
+        .route("/drain", get(drain))
+        .route("/drain/start", post(drain_start))
         .with_state(state)
 }
 
@@ -129,4 +171,169 @@ async fn connections(State(state): State<AppState>, Query(q): Query<ConnectionsQ
         "connections": selected,
     }))
     .into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct DrainQuery {
+    port: Option<String>,
+    max_active: Option<u64>,
+    max_websocket: Option<u64>,
+    quiet: Option<String>,
+    hold_samples: Option<usize>,
+}
+
+fn bad_request(message: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(serde_json::json!({ "error": message })),
+    )
+        .into_response()
+}
+
+fn query_port(port: Option<&str>) -> Result<u16, Box<Response>> {
+    let Some(port) = port else {
+        return Err(Box::new(bad_request(
+            "port is required: /drain?port=P".into(),
+        )));
+    };
+    crate::config::parse_port(port).map_err(|e| Box::new(bad_request(format!("port: {e}"))))
+}
+
+async fn drain(State(state): State<AppState>, Query(q): Query<DrainQuery>) -> Response {
+    let port = match query_port(q.port.as_deref()) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let published = state.shared.load();
+    let mut t = published.drain_thresholds;
+    if let Some(v) = q.max_active {
+        t.max_active = v;
+    }
+    if let Some(v) = q.max_websocket {
+        t.max_websocket = v;
+    }
+    if let Some(v) = &q.quiet {
+        match crate::config::parse_threshold(v) {
+            Ok(d) => t.quiet_ms = d.as_millis() as u64,
+            Err(e) => return bad_request(format!("quiet: {e}")),
+        }
+    }
+    if let Some(v) = q.hold_samples {
+        if v == 0 {
+            return bad_request("hold_samples: must be at least 1".into());
+        }
+        t.hold_samples = v;
+    }
+    let Some(history) = published.drains.get(&port) else {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({
+                "port": port,
+                "error": "port not watched",
+                "watched_ports": published.drains.keys().collect::<Vec<_>>(),
+            })),
+        )
+            .into_response();
+    };
+    let verdict = history.verdict(port, &t);
+    let status = if verdict.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let lifetimes: serde_json::Map<String, serde_json::Value> = published
+        .aggregates
+        .ports
+        .get(&port)
+        .map(|pa| {
+            pa.classes
+                .iter()
+                .filter(|(_, ca)| ca.lifetime.count > 0)
+                .map(|(class, ca)| {
+                    let q = |x| ca.lifetime.quantile_upper_bound(x);
+                    (
+                        published.classes.name(*class).to_string(),
+                        serde_json::json!({"p50": q(0.5), "p95": q(0.95), "p99": q(0.99), "closed": ca.lifetime.count}),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let body = serde_json::json!({
+        "verdict": verdict,
+        "thresholds": {
+            "max_active": t.max_active,
+            "max_websocket": t.max_websocket,
+            "quiet_seconds": t.quiet_ms as f64 / 1000.0,
+            "hold_samples": t.hold_samples,
+        },
+        "drain_started_unix_seconds": history.mark.map(|m| m.unix_ms as f64 / 1000.0),
+        "opened_after_drain": history.mark.map(|m| m.opened_after),
+        "lifetime_seconds_upper_bounds": lifetimes,
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct DrainStartQuery {
+    port: Option<String>,
+}
+
+async fn drain_start(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<DrainStartQuery>,
+) -> Response {
+    let refuse = |status: StatusCode, message: &str| {
+        (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+    };
+    let Some(control) = &state.drain else {
+        return refuse(StatusCode::FORBIDDEN, "drain marking is not available here");
+    };
+    match &control.token {
+        Some(token) => {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if !given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), token.as_bytes())) {
+                return refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "a valid Authorization: Bearer token (--web.drain-token-file) is required",
+                );
+            }
+        }
+        None if control.loopback_only => {}
+        None => {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "drain marking is disabled: configure --web.drain-token-file, or listen on a loopback address",
+            )
+        }
+    }
+    let port = match query_port(q.port.as_deref()) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    if !state.shared.load().drains.contains_key(&port) {
+        return refuse(StatusCode::NOT_FOUND, "port not watched");
+    }
+    control
+        .marks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(port);
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({ "port": port, "marked": true })),
+    )
+        .into_response()
+}
+
+/// Compares two byte strings in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 
 use crate::model::aggregate::{Aggregates, Histogram, OPEN_BOUNDS};
 use crate::model::classify::ClassTable;
+use crate::model::drain::{DrainThresholds, PortDrain, PHASES};
 use crate::model::resets::CLOSE_REASONS;
 use crate::model::socket::GAUGE_STATES;
 use crate::source::procfs::{HostCounters, ABORT_REASONS};
@@ -111,6 +112,9 @@ pub struct Published {
     pub classes: ClassTable,
     pub host: Option<HostCounters>,
     pub stats: SelfStats,
+    /// Drain history of every watched port, and the thresholds the metrics use.
+    pub drains: BTreeMap<u16, PortDrain>,
+    pub drain_thresholds: DrainThresholds,
     pub version: &'static str,
     pub revision: &'static str,
 }
@@ -383,6 +387,89 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
             &vec![("port", ports[port].as_str())],
             pa.upgraded_total,
         )?;
+    }
+
+    let verdicts: Vec<_> = p
+        .drains
+        .iter()
+        .map(|(port, d)| (ports.get(port), d, d.verdict(*port, &p.drain_thresholds)))
+        .filter_map(|(label, d, v)| Some((label?.as_str(), d, v)))
+        .collect();
+    let mut m = family(
+        enc,
+        "drainwatch_drain_phase",
+        "1 for the port's drain phase (serving, draining, drained, stopped), 0 for the others.",
+        MetricType::Gauge,
+    )?;
+    for (port, _, v) in &verdicts {
+        for phase in PHASES {
+            gauge(
+                &mut m,
+                &vec![("port", *port), ("phase", phase)],
+                f64::from(u8::from(v.phase == phase)),
+            )?;
+        }
+    }
+    type VerdictValue = fn(&crate::model::drain::Verdict) -> Option<f64>;
+    let drain_gauges: [(&str, &str, VerdictValue); 3] = [
+        (
+            "drainwatch_drain_ready",
+            "1 when the port is safe to remove: no new connection for the quiet window and active connections within the thresholds for the hold samples.",
+            |v| Some(f64::from(u8::from(v.ready))),
+        ),
+        (
+            "drainwatch_drain_stalled",
+            "1 when the active connections above the thresholds did not decrease over the last 60 s of a drain.",
+            |v| Some(f64::from(u8::from(v.stalled))),
+        ),
+        (
+            "drainwatch_drain_eta_seconds",
+            "Seconds until the active connections reach the thresholds at the rate of the last 60 s; 0 within them, absent while they do not decrease.",
+            |v| v.eta_seconds,
+        ),
+    ];
+    for (name, help, value) in drain_gauges {
+        let mut m = family(enc, name, help, MetricType::Gauge)?;
+        for (port, _, v) in &verdicts {
+            if let Some(x) = value(v) {
+                gauge(&mut m, &vec![("port", *port)], x)?;
+            }
+        }
+    }
+    if verdicts.iter().any(|(_, d, _)| d.mark.is_some()) {
+        let mut m = family(
+            enc,
+            "drainwatch_drain_started_timestamp_seconds",
+            "When a drain of the port was marked (POST /drain/start), seconds since the Unix epoch.",
+            MetricType::Gauge,
+        )?;
+        for (port, d, _) in &verdicts {
+            if let Some(mark) = &d.mark {
+                gauge(&mut m, &vec![("port", *port)], mark.unix_ms as f64 / 1000.0)?;
+            }
+        }
+        let mut m = family(
+            enc,
+            "drainwatch_connections_opened_after_drain",
+            "Connections (health probes excluded) opened in the samples after the drain mark: how long the load balancer kept sending.",
+            MetricType::Counter,
+        )?;
+        for (port, d, _) in &verdicts {
+            if let Some(mark) = &d.mark {
+                counter(&mut m, &vec![("port", *port)], mark.opened_after)?;
+            }
+        }
+    }
+    let mut m = family(
+        enc,
+        "drainwatch_recommended_drain_timeout_seconds",
+        "Advice: the 99th percentile of observed connection lifetimes (upper bound of its histogram bucket), the drain timeout that lets 99% of sessions end on their own.",
+        MetricType::Gauge,
+    )?;
+    for (port, class, ca) in &classes {
+        if let Some(q) = ca.lifetime.quantile_upper_bound(0.99) {
+            gauge(&mut m, &vec![("port", *port), ("class", *class)], q)?;
+        }
     }
 
     let mut m = family(

@@ -62,6 +62,19 @@ impl Histogram {
         self.count += 1;
     }
 
+    /// Upper bound of the bucket holding the `q` quantile (as `histogram_quantile` would bound
+    /// it), `None` without observations; `+Inf` when it lies beyond the last bound.
+    pub fn quantile_upper_bound(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = (q * self.count as f64).ceil().max(1.0) as u64;
+        self.cumulative()
+            .into_iter()
+            .find(|&(_, c)| c >= rank)
+            .map(|(b, _)| b)
+    }
+
     /// `(upper bound, cumulative count)` pairs, ending with `+Inf`.
     pub fn cumulative(&self) -> Vec<(f64, u64)> {
         let mut acc = 0;

@@ -3,6 +3,7 @@
 
 pub mod aggregate;
 pub mod classify;
+pub mod drain;
 pub mod resets;
 pub mod socket;
 pub mod tracker;
@@ -10,6 +11,7 @@ pub mod watch;
 
 use aggregate::Aggregates;
 use classify::Classifier;
+use drain::Drains;
 use resets::{Attributor, Outcome};
 use socket::Snapshot;
 use tracker::{LifecycleEvent, SocketView, Tracker};
@@ -22,6 +24,7 @@ pub struct Model {
     pub classifier: Classifier,
     pub aggregates: Aggregates,
     pub attributor: Attributor,
+    pub drains: Drains,
     events: Vec<LifecycleEvent>,
     outcomes: Vec<Outcome>,
     views: Vec<SocketView>,
@@ -34,6 +37,7 @@ impl Model {
             classifier,
             aggregates: Aggregates::default(),
             attributor: Attributor::new(),
+            drains: Drains::default(),
             events: Vec::new(),
             outcomes: Vec::new(),
             views: Vec::new(),
@@ -71,6 +75,7 @@ impl Model {
             &self.outcomes,
             &self.classifier,
         );
+        self.drains.apply(snapshot, &self.views, &self.events);
         &self.events
     }
 }

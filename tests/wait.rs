@@ -1,0 +1,279 @@
+//! `drainwatch wait` and `drainwatch snapshot` as a deploy pipeline runs them: the real binary
+//! against loopback listeners of the test, with exit statuses, the line-oriented progress, the
+//! JSON summary, and the terminal display (in tmux).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_drainwatch");
+
+/// `n` connections to `listener` that carried a request and its response, as (client, server).
+fn connect(listener: &TcpListener, n: usize) -> Vec<(TcpStream, TcpStream)> {
+    let addr = listener.local_addr().unwrap();
+    (0..n)
+        .map(|_| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            let (mut s, _) = listener.accept().unwrap();
+            c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            let mut b = [0u8; 18];
+            s.read_exact(&mut b).unwrap();
+            s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+            let mut b = [0u8; 27];
+            c.read_exact(&mut b).unwrap();
+            (c, s)
+        })
+        .collect()
+}
+
+fn wait(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("wait")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The `key=value` fields of one progress line.
+fn fields(line: &str) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    let mut rest = line;
+    while let Some((key, tail)) = rest.split_once('=') {
+        let key = key.trim().to_string();
+        let (value, tail) = if let Some(quoted) = tail.strip_prefix('"') {
+            let end = quoted.find('"').unwrap_or(quoted.len());
+            (
+                quoted[..end].to_string(),
+                quoted.get(end + 1..).unwrap_or(""),
+            )
+        } else {
+            let end = tail.find(' ').unwrap_or(tail.len());
+            (tail[..end].to_string(), &tail[end..])
+        };
+        out.insert(key, value);
+        rest = tail;
+    }
+    out
+}
+
+#[test]
+fn exits_0_within_three_samples_of_the_last_connection_leaving() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let pairs = connect(&listener, 5);
+    // The connections close one every 400 ms, starting after wait has looked twice.
+    let closer = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(1500));
+        for (c, s) in pairs {
+            drop(s);
+            drop(c);
+            thread::sleep(Duration::from_millis(400));
+        }
+        Instant::now()
+    });
+    let started = Instant::now();
+    let o = wait(&[
+        "--port",
+        &port,
+        "--quiet",
+        "1s",
+        "--hold-samples",
+        "3",
+        "--sample.interval",
+        "500ms",
+        "--timeout",
+        "30s",
+        "--progress",
+        "lines",
+    ]);
+    let ended = Instant::now();
+    let last_left = closer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    // Three samples of 500 ms after the last close, plus the sample in flight.
+    let after = ended.duration_since(last_left);
+    assert!(
+        after <= Duration::from_millis(2000),
+        "exited {after:?} after the last close"
+    );
+    assert!(ended.duration_since(started) >= Duration::from_millis(3000));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["result"], "drained");
+    assert_eq!(summary["ports"][0]["ready"], true);
+    // Every progress line parses; active never rises and ends at 0; ready only at the end.
+    let lines: Vec<_> = stderr.lines().map(fields).collect();
+    assert!(lines.len() >= 6, "{stderr}");
+    let active: Vec<u64> = lines.iter().map(|f| f["active"].parse().unwrap()).collect();
+    assert_eq!(active[0], 5);
+    assert!(active.windows(2).all(|w| w[1] <= w[0]), "{active:?}");
+    assert_eq!(*active.last().unwrap(), 0);
+    assert!(lines[..lines.len() - 1]
+        .iter()
+        .all(|f| f["ready"] == "false"));
+    assert_eq!(lines.last().unwrap()["phase"], "drained");
+}
+
+#[test]
+fn exits_1_at_the_timeout_saying_why() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let _held = connect(&listener, 3);
+    let o = wait(&[
+        "--port",
+        &port,
+        "--max-active",
+        "1",
+        "--quiet",
+        "1s",
+        "--sample.interval",
+        "500ms",
+        "--timeout",
+        "3s",
+        "--progress",
+        "lines",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "timeout after 3s: port {port}: 3 active connections above threshold 1"
+        )),
+        "{stderr}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["result"], "timeout");
+    assert_eq!(summary["ports"][0]["active"], 3);
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    assert_eq!(wait(&[]).status.code(), Some(2), "--port is required");
+    assert_eq!(
+        wait(&["--port", "80", "--timeout", "soon"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(wait(&["--port", "0"]).status.code(), Some(2));
+    assert_eq!(
+        wait(&["--port", "80", "--progress", "fancy"]).status.code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn on_a_terminal_it_draws_the_progress_display() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let _held = connect(&listener, 2);
+    let session = format!("dwt-wait-{}", std::process::id());
+    let command = format!("{BIN} wait --port {port} --timeout 4s --quiet 1s; sleep 10");
+    let status = Command::new("tmux")
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            "160",
+            "-y",
+            "20",
+            &command,
+        ])
+        .status()
+        .expect("tmux is installed (scripts/test.sh installs it)");
+    assert!(status.success());
+    struct Kill(String);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux")
+                .args(["kill-session", "-t", &self.0])
+                .status();
+        }
+    }
+    let _kill = Kill(session.clone());
+    thread::sleep(Duration::from_millis(2500));
+    let capture = |_: ()| {
+        let o = Command::new("tmux")
+            .args(["capture-pane", "-p", "-J", "-t", &session])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let screen = capture(());
+    assert!(screen.contains("drainwatch wait"), "{screen}");
+    assert!(screen.contains(&format!("port {port}")), "{screen}");
+    assert!(
+        screen.contains("active 2 (websocket 0, other 2)"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("[------------------------------]"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("waiting: 2 active connections above threshold 0"),
+        "{screen}"
+    );
+    // Redrawn in place: one header however many samples were drawn.
+    assert_eq!(screen.matches("drainwatch wait ").count(), 1, "{screen}");
+    thread::sleep(Duration::from_millis(2500));
+    let screen = capture(());
+    assert!(screen.contains("timeout after 4s"), "{screen}");
+    assert!(screen.contains("\"result\":\"timeout\""), "{screen}");
+}
+
+#[test]
+fn snapshot_lists_the_connections_as_a_table_and_as_json() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let pairs = connect(&listener, 3);
+    let run = |format: &str| {
+        let o = Command::new(BIN)
+            .args([
+                "snapshot",
+                "--watch.port",
+                &port.to_string(),
+                "--format",
+                format,
+                "--duration",
+                "1s",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let table = run("table");
+    assert!(table.starts_with("State"), "{table}");
+    assert_eq!(
+        table
+            .lines()
+            .filter(|l| l.starts_with("established"))
+            .count(),
+        3,
+        "{table}"
+    );
+    assert_eq!(
+        table.lines().filter(|l| l.starts_with("listen")).count(),
+        1,
+        "{table}"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&run("json")).unwrap();
+    let conns = doc["connections"].as_array().unwrap();
+    assert_eq!(conns.len(), 3);
+    let peers: std::collections::BTreeSet<String> = pairs
+        .iter()
+        .map(|(c, _)| c.local_addr().unwrap().to_string())
+        .collect();
+    let seen: std::collections::BTreeSet<String> = conns
+        .iter()
+        .map(|c| c["peer"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(seen, peers);
+    assert!(conns
+        .iter()
+        .all(|c| c["class"] == "http" && c["state"] == "established"));
+    assert!(conns.iter().all(|c| c["age_is_lower_bound"] == true));
+}
