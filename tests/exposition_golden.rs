@@ -31,6 +31,11 @@ fn render(scenario: &str) -> (String, String) {
     let mut stats = SelfStats::default();
     for (i, snapshot) in snapshots.iter().enumerate() {
         model.observe(snapshot);
+        if i == 1 {
+            // The operator marks the drain of :80 after the second sample (POST /drain/start).
+            let t = snapshot.taken_at;
+            model.drains.mark(80, t.monotonic_ms, t.unix_ms);
+        }
         // A deterministic stand-in for the measured sample duration.
         stats.sample_duration.observe(0.002 * (i + 1) as f64);
         stats.last_sample_unix_seconds = snapshot.taken_at.unix_ms as f64 / 1000.0;
@@ -187,6 +192,21 @@ fn drain_scenario_numbers() {
         74.0
     );
     assert_eq!(value("drainwatch_sampled_sockets"), 2.0);
+    // Drain: marked after the 1 s sample; the Connection: close request of the 2 s sample
+    // (cookie 4000) is a late arrival, the probes are not. At 75 s :80 has no listener (its
+    // last connection is in LAST_ACK: not active) and 8081 has no session left.
+    assert_eq!(
+        value(r#"drainwatch_connections_opened_after_drain_total{port="80"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"drainwatch_drain_phase{port="80",phase="stopped"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"drainwatch_drain_phase{port="8081",phase="draining"}"#),
+        1.0
+    );
 }
 
 #[test]
