@@ -268,6 +268,10 @@ impl Attributor {
                 if std::mem::take(&mut m.timeout_pending) {
                     out.push(Outcome::Timeout { port, class });
                 }
+                if tracker.closed(cookie) {
+                    // Counted, and the close already has its reason: nothing left to keep.
+                    return false;
+                }
             }
             if now.saturating_sub(m.touched_ms) < PENDING_MS {
                 return true;

@@ -213,6 +213,11 @@ impl Tracker {
         self.conns.contains_key(&cookie)
     }
 
+    /// The tracker counted the connection `cookie` as closed (and keeps its tombstone).
+    pub fn closed(&self, cookie: u64) -> bool {
+        self.conns.get(&cookie).is_some_and(|t| t.has(CLOSED))
+    }
+
     /// Port and class of the connection `cookie`, open or just closed.
     pub fn port_and_class(&self, cookie: u64) -> Option<(u16, ClassId)> {
         self.conns.get(&cookie).map(|t| (t.local_port, t.class))
