@@ -85,3 +85,26 @@ fn the_model_reads_no_clock_no_kernel_and_no_other_stage() {
         }
     }
 }
+
+#[test]
+fn the_example_configuration_file_is_valid() {
+    let doc = read("docs/configuration.md");
+    let file = doc.split("## File").nth(1).expect("a File section");
+    let toml = file
+        .split("```toml")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a toml block in the File section");
+    let path = std::env::temp_dir().join(format!("drainwatch-doc-{}.toml", std::process::id()));
+    std::fs::write(&path, toml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_drainwatch"))
+        .args(["check-config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "docs/configuration.md's example: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
