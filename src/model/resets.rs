@@ -5,7 +5,9 @@
 //! or 4-tuple; only the cookie is unique and stable. Rules:
 //! - A reset received (`tcp_receive_reset`) carries the socket's cookie: it counts for the
 //!   connection the tracker follows under that cookie, i.e. one seen in the watched
-//!   namespace's dump or destroy events.
+//!   namespace's dump or destroy events, or for a socket of a watched port whose destroy event
+//!   the namespace received though the tracker did not count it (accepted by the kernel, never
+//!   by the application, and reset when the listener closed).
 //! - A reset sent by a full socket (`tcp_send_reset` with a socket in a closable state) waits
 //!   for that socket's `tcp_destroy_sock`, which names its cookie (the kernel frees every socket
 //!   that sent a reset); then it counts like a received one.
@@ -25,7 +27,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use super::classify::ClassId;
+use super::classify::{ClassId, UNCLASSIFIED};
 use super::socket::{Snapshot, TcpState, TraceEvent};
 use super::tracker::{Tracker, TupleKey};
 
@@ -99,6 +101,8 @@ struct Mark {
     reset: bool,
     timeout: bool,
     touched_ms: u64,
+    /// The socket's local port, from the hit.
+    port: u16,
 }
 
 #[derive(Debug)]
@@ -159,9 +163,12 @@ impl Attributor {
         }
     }
 
-    fn mark(&mut self, cookie: u64, now: u64) -> &mut Mark {
+    fn mark(&mut self, cookie: u64, port: u16, now: u64) -> &mut Mark {
         let m = self.marks.entry(cookie).or_default();
         m.touched_ms = now;
+        if port != 0 {
+            m.port = port;
+        }
         m
     }
 
@@ -201,7 +208,7 @@ impl Attributor {
                 }
                 TraceEvent::ResetReceived { cookie, local, .. } => {
                     if watched(local.port()) || tracker.knows(cookie) {
-                        let m = self.mark(cookie, now);
+                        let m = self.mark(cookie, local.port(), now);
                         m.received += 1;
                         m.reset = true;
                     }
@@ -213,12 +220,12 @@ impl Attributor {
                     remote,
                 } => {
                     if let Some(p) = self.by_skaddr.remove(&skaddr) {
-                        let m = self.mark(cookie, now);
+                        let m = self.mark(cookie, local.port(), now);
                         m.sent.extend(p.reasons);
                         m.reset = true;
                     }
                     if self.timeouts.remove(&(local, remote)).is_some() {
-                        let m = self.mark(cookie, now);
+                        let m = self.mark(cookie, local.port(), now);
                         m.timeout = true;
                         m.timeout_pending = true;
                     }
@@ -230,7 +237,7 @@ impl Attributor {
                     let index = by_tuple.get_or_insert_with(|| tracker.open_by_tuple());
                     match index.get(&TupleKey::new(local.port(), remote)) {
                         Some(&cookie) => {
-                            let m = self.mark(cookie, now);
+                            let m = self.mark(cookie, local.port(), now);
                             m.timeout = true;
                             m.timeout_pending = true;
                         }
@@ -249,8 +256,26 @@ impl Attributor {
         let now = snapshot.taken_at.monotonic_ms;
         out.append(&mut self.outcomes);
         let mut dropped = 0u64;
+        // Sockets of the watched namespace the tracker does not follow (e.g. accepted by the
+        // kernel but never by the application, reset when the listener closed: no listener
+        // is left to tell them inbound): their destroy event proves they were ours.
+        let pending = |m: &Mark| !m.sent.is_empty() || m.received > 0 || m.timeout_pending;
+        let destroyed: HashMap<u64, u16> = if self.marks.values().any(pending) {
+            snapshot
+                .destroyed
+                .iter()
+                .map(|r| (r.cookie, r.local_port))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         self.marks.retain(|&cookie, m| {
-            if let Some((port, class)) = tracker.port_and_class(cookie) {
+            let known = tracker.port_and_class(cookie).or_else(|| {
+                let port = *destroyed.get(&cookie)?;
+                let port = if port != 0 { port } else { m.port };
+                (port != 0).then_some((port, UNCLASSIFIED))
+            });
+            if let Some((port, class)) = known {
                 for reason in m.sent.drain(..) {
                     out.push(Outcome::Reset {
                         port,
@@ -268,7 +293,7 @@ impl Attributor {
                 if std::mem::take(&mut m.timeout_pending) {
                     out.push(Outcome::Timeout { port, class });
                 }
-                if tracker.closed(cookie) {
+                if tracker.closed(cookie) || destroyed.contains_key(&cookie) {
                     // Counted, and the close already has its reason: nothing left to keep.
                     return false;
                 }
