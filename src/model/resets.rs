@@ -11,10 +11,13 @@
 //! - A reset sent by a full socket (`tcp_send_reset` with a socket in a closable state) waits
 //!   for that socket's `tcp_destroy_sock`, which names its cookie (the kernel frees every socket
 //!   that sent a reset); then it counts like a received one.
-//! - A reset sent with no full socket (no socket for the segment, TIME_WAIT, request or listener
-//!   sockets) has only addresses: it counts when its local address belongs to the watched
-//!   namespace alone (an interface address other than loopback, or any address when no other
-//!   namespace exists).
+//! - A reset sent by a listener counts at once when the listener's address is ours (below);
+//!   a wildcard listener's waits, like a connection's, for its `tcp_destroy_sock` (a listener
+//!   that closes, as in a hard cut, resets the connections still in its accept queue).
+//! - A reset sent with no full socket (no socket for the segment, TIME_WAIT, request sockets)
+//!   has only addresses: it counts when its local address belongs to the watched namespace
+//!   alone (an interface address other than loopback, or any address when no other namespace
+//!   exists).
 //! - A timeout (`inet_sk_error_report` with ETIMEDOUT) has only a 4-tuple: it joins the open
 //!   connection the tracker follows with that tuple, or else the cookie of the socket's
 //!   `tcp_destroy_sock` with that tuple.
@@ -122,10 +125,12 @@ pub struct Attributor {
     outcomes: Vec<Outcome>,
 }
 
-/// A closable full socket: one the kernel destroys (with `tcp_destroy_sock`) after it resets.
-fn destroyed_after_reset(skaddr: u64, state: Option<TcpState>) -> bool {
+/// A full socket: its `tcp_destroy_sock` will name its cookie (a connection that reset is
+/// destroyed at once; a listener when it closes, which is when a hard cut makes it reset the
+/// connections of its accept queue).
+fn full_socket(skaddr: u64, state: Option<TcpState>) -> bool {
     skaddr != 0
-        && matches!(state, Some(s) if !matches!(s, TcpState::TimeWait | TcpState::NewSynRecv | TcpState::Listen))
+        && matches!(state, Some(s) if !matches!(s, TcpState::TimeWait | TcpState::NewSynRecv))
 }
 
 /// The watched namespace owns `ip`: an interface address of its own, or any address when it
@@ -190,7 +195,9 @@ impl Attributor {
                     if !watched(local.port()) {
                         continue;
                     }
-                    if destroyed_after_reset(skaddr, state) {
+                    let listener_of_ours =
+                        state == Some(TcpState::Listen) && ours(local.ip(), snapshot);
+                    if full_socket(skaddr, state) && !listener_of_ours {
                         let p = self.by_skaddr.entry(skaddr).or_insert(PendingSent {
                             seen_ms: now,
                             reasons: Vec::new(),
