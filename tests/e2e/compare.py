@@ -9,6 +9,7 @@ truth at the instant drainwatch sampled, not at the scrape or step time.
 from __future__ import annotations
 
 import bisect
+import json
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -32,9 +33,17 @@ QUERIES = {
     "upgraded": "sum by (port) (drainwatch_connections_upgraded_total)",
     # Host-wide (backend 1's namespace): handshakes that ended in SYN_RECV (e.g. reset by the peer).
     "attempt_fails": "max(drainwatch_host_tcp_attempt_fails_total)",
+    # Tracepoints (issue 5): RSTs per direction, timeouts, and whether they ran.
+    "resets_sent": 'sum by (port) (drainwatch_resets_total{direction="sent"})',
+    "resets_received": 'sum by (port) (drainwatch_resets_total{direction="received"})',
+    "timeouts": "sum by (port) (drainwatch_connection_timeouts_total)",
+    "tracepoints": 'max(drainwatch_source_up{source="tracepoints"})',
+    # Drain readiness (issue 6).
+    "drain_phase": "max by (port, phase) (drainwatch_drain_phase)",
+    "opened_after_drain": "sum by (port) (drainwatch_connections_opened_after_drain_total)",
 }
 COUNTERS = ("opened", "closed", "opened_http", "opened_websocket", "opened_probe", "opened_unclassified",
-            "opened_nonprobe", "upgraded", "attempt_fails")
+            "opened_nonprobe", "upgraded", "attempt_fails", "resets_sent", "resets_received", "timeouts")
 
 
 # Actions that close the listeners of these ports.
@@ -91,7 +100,7 @@ def samples_from(results: dict[str, list]) -> list[Sample]:
     for step, value in stamps:
         by_step[float(step)] = Sample(float(value))
     for query, series in results.items():
-        if query in ("timestamp", "states", "destroy_events"):
+        if query in ("timestamp", "states", "destroy_events", "tracepoints", "drain_phase"):
             continue
         for s in series:
             port = s["metric"].get("port", "")
@@ -139,7 +148,11 @@ def whole_span(handler):
 class Evaluator:
     def __init__(self, scenario: dict, phases: list[Phase], capture: tr.Capture,
                  samples: list[Sample], interval: float, stats: dict, faults: list[dict], exact: bool,
-                 api_polls: list[dict] | None = None) -> None:
+                 api_polls: list[dict] | None = None, drain_wait: dict | None = None,
+                 drain_polls: list[dict] | None = None, scrapes: dict | None = None) -> None:
+        self.drain_wait = drain_wait
+        self.drain_polls = drain_polls or []
+        self.scrapes = scrapes or {}
         self.scenario = scenario
         self.phases = {p.name: p for p in phases}
         self.capture = capture
@@ -153,6 +166,8 @@ class Evaluator:
         self.exact = exact
         self.events = {p: tr.counted_events(t.conns, self.instants, self.skew, self._listener_gone(p, phases), exact)
                        for p, t in capture.ports.items()}
+        for p, t in capture.ports.items():
+            self.events[p].update(tr.reset_events(t, self.instants, self.skew, delay=interval))
         self.api_polls = api_polls or []
         self.tables: list[str] = []  # extra report sections (the confusion matrix)
         self.class_views: dict[int, cl.ClassView] = {}
@@ -235,6 +250,177 @@ class Evaluator:
                 "counter", phase.name, f":{port} {name}_total increase",
                 f"{lo}..{hi} (wire {wire})", f"{obs:g}", f"{err:g}", f"+-{tol}", err <= tol, check["why"]))
         return rows
+
+    def check_resets(self, check: dict, phase: Phase) -> list[Row]:
+        """Per phase and direction: increase of drainwatch_resets_total vs the RSTs on the wire
+        that its tracepoints count (truth.reset_events)."""
+        rows = []
+        first, last = self._last_before(phase.start), self._last_before(phase.end)
+        if first is None or last is None:
+            return [Row("resets", phase.name, "(no samples)", "", "", "", "", False, check["why"])]
+        for port in check["ports"]:
+            for direction in ("sent", "received"):
+                name = "resets_" + direction
+                lo, hi = tr.count_in(self.events[port][name], first.t, last.t)
+                obs = last.get(name, port) - first.get(name, port)
+                tol = max(check.get("abs", 0), math.ceil(check.get("rel", 0) * hi))
+                err = max(0.0, lo - obs, obs - hi)
+                wire = sum(1 for t, inbound, _ in self.capture.ports[port].resets
+                           if first.t < t <= last.t and inbound == (direction == "received"))
+                rows.append(Row(
+                    "resets", phase.name, f":{port} resets_total{{direction=\"{direction}\"}} increase",
+                    f"{lo}..{hi} (wire {wire})", f"{obs:g}", f"{err:g}", f"+-{tol}", err <= tol, check["why"]))
+        return rows
+
+    def check_timeouts(self, check: dict, phase: Phase) -> list[Row]:
+        """Per phase: increase of drainwatch_connection_timeouts_total vs the connections the
+        capture shows dying by retransmission give-up (Conn.how == "timeout")."""
+        rows = []
+        first, last = self._last_before(phase.start), self._last_before(phase.end + check.get("grace", 0))
+        if first is None or last is None:
+            return [Row("timeouts", phase.name, "(no samples)", "", "", "", "", False, check["why"])]
+        for port in check["ports"]:
+            conns = self.capture.ports[port].conns
+            dead = [c for c in conns if (c.how == "timeout" or c.timed_out) and c.died is not None
+                    and phase.start <= c.died <= phase.end + check.get("grace", 0)]
+            maybe = [c for c in conns if c.uncertain is not None and c not in dead
+                     and phase.start <= c.uncertain[1] and c.uncertain[0] <= phase.end]
+            lo, hi = len(dead), len(dead) + len(maybe)
+            obs = last.get("timeouts", port) - first.get("timeouts", port)
+            err = max(0.0, lo - obs, obs - hi)
+            rows.append(Row("timeouts", phase.name, f":{port} connection_timeouts_total increase",
+                            f"{lo}..{hi}", f"{obs:g}", f"{err:g}", f"+-{check.get('abs', 0)}",
+                            err <= check.get("abs", 0), check["why"]))
+        return rows
+
+    # --- drain readiness (issue 6) -------------------------------------------
+
+    def _wait_times(self, phase: Phase) -> tuple[float, float | None]:
+        start = phase.action_time({"wait_start"})
+        summary = (self.drain_wait or {}).get("summary") or {}
+        elapsed = summary.get("elapsed_seconds")
+        return start, (start + elapsed if elapsed is not None else None)
+
+    def _active_spans(self, port: int) -> list[tuple[float, float]]:
+        """When each connection of the port was active as drainwatch counts it: from the
+        handshake to the server's own FIN or a reset (CLOSE_WAIT is still active: the
+        application has not closed), health probes aside (none complete a handshake here)."""
+        spans = []
+        for c in self.capture.ports[port].conns:
+            if c.est is None:
+                continue
+            ends = [t for t in (c.fin_out, c.rst_in, c.rst_out, c.died) if t is not None]
+            spans.append((c.est, min(ends) if ends else math.inf))
+        return spans
+
+    @whole_span
+    def check_drain_wait(self, check: dict, phase: Phase) -> list[Row]:
+        """`drainwatch wait` exits 0 within 3 samples of the last active connection leaving (on
+        the wire) and never while one is active; or exits 1 at its timeout, saying why."""
+        w = self.drain_wait or {}
+        start, end = self._wait_times(phase)
+        code = w.get("returncode")
+        port = check["port"]
+        if check["expect"] == "timeout":
+            said = [m for m in w.get("messages", []) if check["reason_contains"] in m]
+            result = ((w.get("summary") or {}).get("result"))
+            ok = code == 1 and result == "timeout" and bool(said)
+            return [Row("drain_wait", phase.name, f":{port} drainwatch wait with sessions that never leave",
+                        f"exit 1, says \"{check['reason_contains']}\"", f"exit {code}, {result}; {said[:1]}",
+                        "", "exact", ok, check["why"])]
+        rows = []
+        if code != 0 or end is None:
+            return [Row("drain_wait", phase.name, f":{port} drainwatch wait", "exit 0", f"exit {code}", "", "",
+                        False, check["why"])]
+        spans = self._active_spans(port)
+        active_at_exit = sum(1 for a, b in spans if a <= end < b)
+        left = [b for a, b in spans if start <= b <= end]
+        last_leave = max(left, default=start)
+        limit = check["max_samples"] * self.interval + self.skew + check.get("exit_overhead", 0.3)
+        rows.append(Row("drain_wait", phase.name, f":{port} active connections (capture) when wait exited",
+                        "0", str(active_at_exit), str(active_at_exit), "exact", active_at_exit == 0,
+                        check["why"]))
+        rows.append(Row("drain_wait", phase.name, f":{port} wait's exit after the last active connection left",
+                        f"0..{limit:.2f}s", f"{end - last_leave:+.2f}s ({len(left)} left after wait started)",
+                        f"{max(0.0, end - last_leave - limit):.2f}s", f"{check['max_samples']} samples",
+                        0 <= end - last_leave <= limit, check["why"]))
+        return rows
+
+    @whole_span
+    def check_drain_agree(self, check: dict, phase: Phase) -> list[Row]:
+        """GET /drain (the exporter) and `drainwatch wait` (its own sampling) give the same
+        phase at the same time, once wait has watched for its quiet window."""
+        start, end = self._wait_times(phase)
+        lines = []
+        for line in (self.drain_wait or {}).get("lines", []):
+            f = dict(part.split("=", 1) for part in line.split(" reason=")[0].split())
+            lines.append((start + float(f["elapsed"]), f["phase"], f["ready"] == "true"))
+        stop = end if end is not None else phase.end
+        # Two independent samplers (the exporter's and wait's) see a transition up to a sample
+        # apart each: phases are compared within two sample intervals.
+        slack = check.get("slack_samples", 2) * self.interval + 0.6
+        compared = disagreed = 0
+        worst = ""
+        for p in self.drain_polls:
+            t = p.get("t", 0.0)
+            if not (start + check["skip_seconds"] <= t <= stop) or p.get("phase") is None:
+                continue
+            near = [(ph, ready) for tl, ph, ready in lines if abs(tl - t) <= slack]
+            if not near:
+                continue
+            compared += 1
+            if (p["phase"], p["ready"]) not in near:
+                disagreed += 1
+                worst = worst or f"/drain {p['phase']} at {t - start:+.1f}s vs wait {sorted(set(near))}"
+        statuses_ok = all((p["status"] == 200) == bool(p["ready"]) for p in self.drain_polls if p.get("status"))
+        return [Row("drain_agree", phase.name, "GET /drain vs drainwatch wait, phase and readiness",
+                    f"agree at every poll (+-{slack:.1f}s)", f"{compared - disagreed}/{compared} agree" +
+                    (f"; {worst}" if worst else ""), str(disagreed), "0",
+                    disagreed == 0 and compared >= check.get("min_polls", 5) and statuses_ok, check["why"])]
+
+    @whole_span
+    def check_phase_walk(self, check: dict, phase: Phase) -> list[Row]:
+        """drainwatch_drain_phase{port} walks through the expected phases, in order."""
+        port = str(check["port"])
+        at: dict[float, str] = {}
+        for series in self.scrapes.get("drain_phase", []):
+            if series["metric"].get("port") != port:
+                continue
+            for step, value in series["values"]:
+                if float(value) == 1.0 and phase.start <= float(step) <= phase.end + check.get("after", 0):
+                    at[float(step)] = series["metric"]["phase"]
+        walk: list[str] = []
+        for step in sorted(at):
+            if not walk or walk[-1] != at[step]:
+                walk.append(at[step])
+        return [Row("phase_walk", phase.name, f'drainwatch_drain_phase{{port="{port}"}} over the run',
+                    " -> ".join(check["expect"]), " -> ".join(walk) or "none", "", "exact",
+                    walk == check["expect"], check["why"])]
+
+    @whole_span
+    def check_late_arrivals(self, check: dict, phase: Phase) -> list[Row]:
+        """opened_after_drain_total equals the connections the capture shows opening after the
+        drain mark (counted from the sample after the one before the mark)."""
+        port = check["port"]
+        t_mark = phase.action_time({"drain_mark"})
+        i = bisect.bisect_right(self.instants, t_mark)
+        before = self.instants[i - 1] if i else -math.inf
+        after = self.instants[i] if i < len(self.instants) else math.inf
+        end = self.samples[-1].t if self.samples else math.inf
+        lo = tr.count_in(self.events[port]["opened"], after, end)[0]
+        hi = tr.count_in(self.events[port]["opened"], before, end)[1]
+        obs = self.samples[-1].get("opened_after_drain", port) if self.samples else 0.0
+        wire = sum(1 for c in self.capture.ports[port].conns if c.est is not None and c.est > t_mark)
+        err = max(0.0, lo - obs, obs - hi)
+        refused = ""
+        for a in phase.actions:
+            if a["name"] == "drain_mark":
+                refused = a["detail"]
+        codes = json.loads(refused) if refused else {}
+        ok_codes = codes.get("without_token") == "401" and codes.get("with_token") == "202"
+        return [Row("late_arrivals", phase.name, f":{port} opened_after_drain_total",
+                    f"{lo}..{hi} (wire {wire} after the mark)", f"{obs:g}", f"{err:g}", "exact",
+                    err == 0 and ok_codes, check["why"] + f" POST /drain/start: {refused}")]
 
     def _wire(self, port: int, name: str, after: float, upto: float) -> int:
         conns = self.capture.ports[port].conns

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # drainwatch end-to-end scenarios: tests/e2e/run.sh [--scenario NAME ...]
-# Without --scenario: the default set (steady-drain and kill9). Needs root.
+# Without --scenario: the default set (steady-drain, drain-stuck, kill9, mixed-classes-linger). Needs root.
 # See docs/e2e.md.
 set -euo pipefail
 

@@ -36,7 +36,7 @@ import truth as tr
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 SCENARIOS = HERE / "scenarios"
-DEFAULT_SET = ("steady-drain", "kill9", "mixed-classes-linger")
+DEFAULT_SET = ("steady-drain", "drain-stuck", "kill9", "mixed-classes-linger")
 # Checks that read the connections API polls (scenario needs [api_poll] and [drainwatch] connections_api).
 API_CHECKS = {"class_websocket", "class_http_never_websocket", "confusion"}
 SCENARIO_TIME_LIMIT = 300  # seconds per scenario, setup to teardown
@@ -135,6 +135,19 @@ class Driver:
 
     def lb_shutdown(self) -> str:
         return self.stack.haproxy("shutdown sessions server be/b1").strip() or "ok"
+
+    # drainwatch's drain API and `drainwatch wait` (issue 6)
+    def drain_mark(self) -> str:
+        """POST /drain/start for :80; first without the token (must be refused, changing nothing)."""
+        refused = self.stack.drain_start(80, token="0" * 32)
+        status = self.stack.drain_start(80)
+        return json.dumps({"without_token": refused, "with_token": status})
+
+    def wait_start(self) -> str:
+        spec = self.scenario["drain_wait"]
+        self.expected_dead.update({"drain-wait", "drain-poller"})
+        self.stack.start_drain_wait(spec, float(spec["poll_seconds"]))
+        return "drainwatch wait " + json.dumps(spec)
 
     # backend 1
     def app_close_ws(self) -> str:
@@ -235,7 +248,7 @@ class Driver:
 NFT_TABLE = topo.PREFIX.replace("-", "_") + "faults"
 ACTIONS = {name: getattr(Driver, name) for name in (
     "lb_drain", "lb_maint", "lb_shutdown", "app_close_ws", "nginx_quit", "kill9",
-    "blackhole", "forced_rst", "client_aborts", "drop_flows", "backend_rst")}
+    "blackhole", "forced_rst", "client_aborts", "drop_flows", "backend_rst", "drain_mark", "wait_start")}
 
 
 def _nft(commands: list[str]) -> None:
@@ -274,7 +287,8 @@ def run_scenario(scenario: dict, out: Path, python: str, drainwatch: str) -> boo
         stack.start_backend(topo.B1, "b1", load.get("ws_push_interval", 3.0))
         stack.start_backend(topo.B2, "b2", load.get("ws_push_interval", 3.0))
         stack.start_haproxy(lb.get("health_check", "http"), lb.get("check_inter", "1s"))
-        stack.start_drainwatch(scenario.get("drainwatch", {}).get("connections_api", False))
+        dw = scenario.get("drainwatch", {})
+        stack.start_drainwatch(dw.get("connections_api", False), dw.get("args", []))
         stack.start_prometheus()
         total = sum(p["duration"] for p in scenario["phases"])
         if scenario.get("api_poll"):
@@ -300,6 +314,7 @@ def run_scenario(scenario: dict, out: Path, python: str, drainwatch: str) -> boo
             "app_b1": stack.app_admin("b1", "GET", "/admin/stats") if stack.alive("b1-app") else None,
             "haproxy_show_stat": stack.haproxy("show stat"),
             "alert_rule_files": stack.rule_files(),
+            "drain_wait": _wait_result(stack),
         }
         (run_dir / "timeline.json").write_text(json.dumps(timeline, indent=1))
     finally:
@@ -308,6 +323,26 @@ def run_scenario(scenario: dict, out: Path, python: str, drainwatch: str) -> boo
             stack.stop_all()
             topo.cleanup()
     return judge(scenario, out)
+
+
+def _wait_result(stack: services.Stack) -> dict | None:
+    """How `drainwatch wait` ended: exit status, when (its JSON summary gives the elapsed time
+    from its start), its progress lines."""
+    proc = stack.procs.get("drain-wait")
+    if proc is None:
+        return None
+    code = proc.popen.poll()
+    text = proc.log.read_text(errors="replace") if proc.log.exists() else ""
+    summary = None
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                summary = json.loads(line)
+            except ValueError:
+                pass
+    return {"returncode": code, "summary": summary,
+            "lines": [line for line in text.splitlines() if line.startswith("elapsed=")],
+            "messages": [line for line in text.splitlines() if line.startswith("drainwatch wait:")]}
 
 
 def _hold(stack: services.Stack, driver: Driver, until: float) -> None:
@@ -338,8 +373,12 @@ def judge(scenario: dict, out: Path) -> bool:
     stats = {"app_closed_1001": app.get("closed_by_app", {}).get("1001", 0),
              "clients_ws_1001": sum(1 for c in clients if c["cls"] == "ws" and c["close_code"] == 1001)}
     samples = compare.samples_from(scrapes)
+    polls_file = run_dir / "drain-polls.jsonl"
+    drain_polls = ([json.loads(line) for line in polls_file.read_text().splitlines() if line.strip()]
+                   if polls_file.exists() else [])
     evaluator = compare.Evaluator(scenario, phases, capture, samples, services.SAMPLE_INTERVAL, stats,
-                                  faults, compare.destroy_events_up(scrapes), cl.read_polls(run_dir / "api.jsonl"))
+                                  faults, compare.destroy_events_up(scrapes), cl.read_polls(run_dir / "api.jsonl"),
+                                  drain_wait=timeline.get("drain_wait"), drain_polls=drain_polls, scrapes=scrapes)
     rows = evaluator.run()
     passed = all(r.passed is not False for r in rows)
 

@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -52,6 +53,17 @@ def render(template: str, dest: Path, **values: str) -> Path:
         raise ValueError(f"{template}: unfilled placeholders {leftover}")
     dest.write_text(text)
     return dest
+
+
+TRACEFS = "/run/drainwatch-e2e/tracefs"
+
+
+def ensure_tracefs() -> str:
+    """A tracefs mount outside /sys (kept across runs: mounting is idempotent here)."""
+    os.makedirs(TRACEFS, exist_ok=True)
+    if not os.path.isdir(os.path.join(TRACEFS, "instances")):
+        subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS], check=True)
+    return TRACEFS
 
 
 class Stack:
@@ -202,11 +214,19 @@ class Stack:
         conn.close()
         return body
 
-    def start_drainwatch(self, connections_api: bool = False) -> None:
+    def start_drainwatch(self, connections_api: bool = False, extra: list[str] | None = None) -> None:
+        # `ip netns exec` mounts a fresh sysfs for the namespace, which hides
+        # /sys/kernel/tracing: give drainwatch a tracefs mounted outside /sys.
+        tracefs = ensure_tracefs()
+        # POST /drain/start needs a token: drainwatch listens on backend 1's LB-side address.
+        self.drain_token = secrets.token_hex(16)
+        token_file = self.run_dir / "drain-token"
+        token_file.write_text(self.drain_token + "\n")
         self.start("drainwatch", topo.B1, [
             self.drainwatch_bin, *[a for p in WATCHED_PORTS for a in ("--watch.port", str(p))],
             "--web.listen-address", DRAINWATCH_ADDR, "--sample.interval", f"{SAMPLE_INTERVAL:g}s",
-            *(["--web.enable-connections-api"] if connections_api else [])])
+            "--path.tracefs", tracefs, "--web.drain-token-file", str(token_file),
+            *(["--web.enable-connections-api"] if connections_api else []), *(extra or [])])
         url = f"http://{DRAINWATCH_ADDR}/healthz"
         self.wait_for("drainwatch /healthz", lambda: topo.run(
             topo.in_ns(topo.B1, ["curl", "-sf", "--max-time", "1", url]), check=False) != "", 20)
@@ -238,6 +258,28 @@ class Stack:
         if reply.get("status") != "success":
             raise RuntimeError(f"prometheus {endpoint} {params}: {reply}")
         return reply["data"]["result"]
+
+    def drain_start(self, port: int, token: str | None = None) -> str:
+        """POST /drain/start?port=P from inside backend 1; returns the HTTP status code."""
+        auth = ["-H", f"Authorization: Bearer {token if token is not None else self.drain_token}"]
+        return topo.run(topo.in_ns(topo.B1, [
+            "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", "-X", "POST", *auth,
+            f"http://{DRAINWATCH_ADDR}/drain/start?port={port}"]), check=False).strip()
+
+    def start_drain_wait(self, spec: dict, duration: float) -> None:
+        """`drainwatch wait` in backend 1 (it samples the kernel itself), and a poller of the
+        exporter's GET /drain with the same thresholds (drainpoll.py)."""
+        args = ["--port", str(spec["port"]), "--max-active", str(spec.get("max_active", 0)),
+                "--max-websocket", str(spec.get("max_websocket", 0)), "--quiet", spec.get("quiet", "3s"),
+                "--hold-samples", str(spec.get("hold_samples", 3)), "--timeout", spec["timeout"],
+                "--sample.interval", f"{SAMPLE_INTERVAL:g}s", "--progress", "lines"]
+        self.start("drain-wait", topo.B1, [self.drainwatch_bin, "wait", *args])
+        self.start("drain-poller", topo.B1, [
+            self.python, str(HERE / "drainpoll.py"), "--base", f"http://{DRAINWATCH_ADDR}",
+            "--port", str(spec["port"]), "--max-active", str(spec.get("max_active", 0)),
+            "--max-websocket", str(spec.get("max_websocket", 0)), "--quiet", spec.get("quiet", "3s"),
+            "--hold-samples", str(spec.get("hold_samples", 3)), "--duration", f"{duration:.0f}",
+            "--out", str(self.run_dir / "drain-polls.jsonl")])
 
     def start_api_poller(self, interval: float, duration: float, out: Path) -> None:
         """Polls drainwatch's connections API from inside backend 1 (apipoll.py)."""

@@ -181,3 +181,47 @@ class Samples(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ResetTruth(unittest.TestCase):
+    """truth.reset_events: which RSTs on the wire drainwatch's tracepoints count."""
+
+    SAMPLES = [float(t) for t in range(0, 40)]
+
+    def counts(self, packets: list[tr.Packet], port: int = 80) -> dict[str, tuple[int, int]]:
+        capture = tr.Capture(packets, [port])
+        events = tr.reset_events(capture.ports[port], self.SAMPLES, 0.02, delay=1.0)
+        return {k: tr.count_in(v, -1.0, 100.0) for k, v in events.items()}
+
+    def test_received_counts_only_on_a_live_full_socket(self):
+        packets = handshake(10.0, 40001) + [pkt(11.5, True, R | A, 40001), pkt(11.6, True, R | A, 40001)]
+        # A second RST hits no socket; a reset in the handshake hits a request socket.
+        packets += [pkt(12.0, True, S, 40002), pkt(12.001, False, S | A, 40002), pkt(12.002, True, R, 40002)]
+        # A reset of a TIME_WAIT socket.
+        packets += handshake(13.0, 40003) + [pkt(14.0, False, F | A, 40003), pkt(14.002, True, F | A, 40003),
+                                            pkt(15.0, True, R, 40003)]
+        c = self.counts(packets)
+        self.assertEqual(c["resets_received"], (1, 1))
+
+    def test_sent_by_a_socket_or_from_our_address_counts(self):
+        packets = handshake(10.0, 40001) + [pkt(11.5, False, R | A, 40001)]   # the socket's own abort
+        packets += [pkt(12.0, True, A, 40009), pkt(12.001, False, R, 40009)]   # no socket, from 10.250.11.2
+        c = self.counts(packets)
+        self.assertEqual(c["resets_sent"], (2, 2))
+
+    def test_a_socketless_reset_from_loopback_is_not_counted(self):
+        lo = "127.0.0.1"
+        packets = [tr.Packet(1.0, lo, 50000, lo, 8080, S), tr.Packet(1.001, lo, 8080, lo, 50000, S | A),
+                   tr.Packet(1.002, lo, 50000, lo, 8080, A),
+                   tr.Packet(2.0, lo, 8080, lo, 50000, R | A),      # the app's abort: counted
+                   tr.Packet(3.0, lo, 50000, lo, 8080, A),
+                   tr.Packet(3.001, lo, 8080, lo, 50000, R)]        # no socket any more, on loopback: not
+        c = self.counts(packets, port=8080)
+        self.assertEqual(c["resets_sent"], (1, 1))
+
+    def test_a_reset_at_a_sample_edge_may_fall_in_either_sample(self):
+        capture = tr.Capture(handshake(10.0) + [pkt(12.01, True, R | A)], [80])
+        events = tr.reset_events(capture.ports[80], self.SAMPLES, 0.02, delay=0.0)["resets_received"]
+        self.assertEqual(tr.count_in(events, 11.0, 12.0), (0, 1))
+        self.assertEqual(tr.count_in(events, 12.0, 13.0), (0, 1))
+        self.assertEqual(tr.count_in(events, 11.0, 13.0), (1, 1))

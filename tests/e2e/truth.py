@@ -176,10 +176,14 @@ class Conn:
     # Span in which the socket may have died silently (see Capture._mark_uncertain).
     uncertain: tuple[float, float] | None = None
     died: float | None = None     # dead by retransmission give-up by this time at the latest
+    # Dead by retransmission give-up, known after the fact: the first thing it "sent" once the
+    # drop was lifted was an RST (no socket), while its last segment before was still data.
+    timed_out: bool = False
     # Kept only when drops exist: times of all packets, and of the segments the
     # socket sent that would be retransmitted (payload or FIN).
     packets: list[float] = field(default_factory=list, repr=False)
     sent: list[float] = field(default_factory=list, repr=False)
+    out_flags: list[tuple[float, int]] = field(default_factory=list, repr=False)  # (time, flags) sent
 
     @property
     def est_end(self) -> float:
@@ -270,6 +274,8 @@ class Capture:
             _record_payload(conn, pkt, inbound)
         if self.drops:
             conn.packets.append(pkt.t)
+            if not inbound:
+                conn.out_flags.append((pkt.t, pkt.flags))
             if not inbound and (pkt.length > 0 or pkt.flags & FIN):
                 conn.sent.append(pkt.t)
         if f & RST:
@@ -338,8 +344,22 @@ class Capture:
                     else:
                         after = [t for t in conn.packets if w.end is not None and t >= w.end]
                         conn.uncertain = (u0, min(after) if after else INF)
+                        # Once the drop is lifted, the socket's first answer tells: a live one
+                        # acknowledges or retransmits, a dead one is no socket and answers the
+                        # peer's next segment with an RST at once. An RST that is the first thing
+                        # sent after the lift, within 10 ms of a segment from the peer, means it
+                        # gave up at a timer expiry in [u0, that RST] (the give-up itself sends
+                        # nothing; an application's abort would not wait for the peer).
+                        first_out = sorted((t, f) for t, f in conn.out_flags if w.end is not None and t >= w.end)
+                        out_times = {t for t, _ in conn.out_flags}
+                        if first_out and first_out[0][1] & RST and first_out[0][0] >= u0:
+                            t_rst = first_out[0][0]
+                            answered = any(t_rst - 0.01 <= t <= t_rst and t not in out_times for t in conn.packets)
+                            if answered:
+                                conn.uncertain, conn.died = (u0, t_rst), t_rst
+                                conn.timed_out = True
             for conn in truth.conns:
-                conn.packets, conn.sent = [], []
+                conn.packets, conn.sent, conn.out_flags = [], [], []
 
 
 HEAD_BYTES = 2048  # how much of each direction's stream start is kept
@@ -491,3 +511,59 @@ def count_in(events: list[Event], after: float, upto: float) -> tuple[int, int]:
     lo = sum(1 for e in events if e.certain and after < e.first and e.last <= upto)
     hi = sum(1 for e in events if e.first <= upto and e.last > after)
     return lo, hi
+
+
+def _is_loopback(ip: str) -> bool:
+    return ip.startswith("127.")
+
+
+def reset_events(truth: PortTruth, samples: list[float], skew: float,
+                 delay: float = 0.0) -> dict[str, list[Event]]:
+    """When drainwatch counts each RST of the port in `drainwatch_resets_total`.
+
+    What its tracepoints count (docs/metrics.md, docs/architecture.md):
+
+    - received: an RST that reaches a full socket of the port (tcp_receive_reset):
+      after the handshake completed, while the socket lives, not in TIME_WAIT.
+      The first RST kills the socket; later ones, and RSTs to a TIME_WAIT or
+      request socket, hit no full socket and are not counted.
+    - sent by a full socket (the connection's own abort, while it lives and is
+      not in TIME_WAIT): joined to the socket's cookie, always counted.
+    - sent without a full socket (no socket for the segment, TIME_WAIT, a
+      handshake): it carries only addresses, and is counted only from an
+      address of backend 1's own other than loopback. Other network namespaces
+      exist (the LB, backend 2, the clients, each with its own 127.0.0.1), so a
+      loopback RST without a socket (e.g. on 127.0.0.1:8080) is not attributable
+      and not counted.
+
+    A hit is counted at the first sample after it (the sample drains the
+    tracepoints), up to `delay` later when its connection's cookie becomes
+    known only at its destroy; instants are known to +-skew.
+    """
+    def event(t: float) -> Event | None:
+        first = _first_sample(samples, t - skew, INF)
+        last = _first_sample(samples, t + skew + delay, INF)
+        if first is None:
+            return None
+        return Event(first, last if last is not None else INF, last is not None)
+
+    out: dict[str, list[Event]] = {"resets_sent": [], "resets_received": []}
+    by_socket: set[tuple[float, tuple[str, int]]] = set()
+    for c in truth.conns:
+        alive_full = lambda t: c.est is not None and t >= c.est and (c.tw is None or t < c.tw)  # noqa: E731
+        if c.rst_in is not None and alive_full(c.rst_in):
+            e = event(c.rst_in)
+            if e:
+                out["resets_received"].append(e)
+        if c.rst_out is not None and alive_full(c.rst_out):
+            by_socket.add((c.rst_out, c.peer))
+            e = event(c.rst_out)
+            if e:
+                out["resets_sent"].append(e)
+    for t, inbound, peer in truth.resets:
+        if inbound or (t, peer) in by_socket or _is_loopback(peer[0]):
+            continue
+        e = event(t)
+        if e:
+            out["resets_sent"].append(e)
+    return out
