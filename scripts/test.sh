@@ -18,7 +18,8 @@ step() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
 step "system packages"
 need=()
 for pair in nginx:nginx haproxy:haproxy promtool:prometheus prometheus:prometheus tcpdump:tcpdump \
-            ip:iproute2 nft:nftables curl:curl ss:iproute2 pkill:procps tmux:tmux; do
+            ip:iproute2 nft:nftables curl:curl ss:iproute2 pkill:procps tmux:tmux \
+            amtool:prometheus-alertmanager; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then need+=(python3-venv); fi
