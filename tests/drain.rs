@@ -241,3 +241,21 @@ fn probes_are_neither_arrivals_nor_active() {
     assert!(v.ready, "{v:?}");
     assert_eq!(v.new_in_quiet_window, 0);
 }
+
+#[test]
+fn a_listener_back_after_a_restart_forgets_the_drain_mark() {
+    let mut m = model();
+    let open: BTreeSet<u64> = (1..=2).collect();
+    m.observe(&sample(0, &[HTTP_PORT], &[(HTTP_PORT, &open)]));
+    m.drains.mark(HTTP_PORT, 0, 1_800_000_000_000);
+    m.observe(&sample(1, &[], &[]));
+    assert!(
+        m.drains.ports[&HTTP_PORT].mark.is_some(),
+        "kept while stopped"
+    );
+    m.observe(&sample(2, &[HTTP_PORT], &[]));
+    assert!(
+        m.drains.ports[&HTTP_PORT].mark.is_none(),
+        "a new process serves the port"
+    );
+}

@@ -127,6 +127,11 @@ pub struct Verdict {
 
 impl PortDrain {
     fn push(&mut self, sample: DrainSample) {
+        // A listener back after being gone is a new server process: its drain is not the
+        // marked one any more.
+        if sample.listening && self.history.back().is_some_and(|s| !s.listening) {
+            self.mark = None;
+        }
         if sample.new > 0 {
             self.last_new_ms = Some(sample.at_ms);
         }
