@@ -336,20 +336,33 @@ fn twenty_connections_whose_peer_vanishes_are_twenty_timeouts() {
             (0..25).map(|_| listener.accept().unwrap().0).collect();
         let aborted: Vec<TcpStream> = servers.drain(20..).collect();
         assert!(p.step());
+        // The cookies of our 25 sockets, from the dump (an aborted socket's destroy event has
+        // its peer port zeroed: only the cookie names it).
+        let peers: std::collections::HashSet<SocketAddr> = servers
+            .iter()
+            .chain(&aborted)
+            .map(|s| s.peer_addr().unwrap())
+            .collect();
+        let ours: std::collections::HashSet<u64> = p
+            .snapshot()
+            .sockets
+            .iter()
+            .filter(|r| r.local_port == port && peers.contains(&SocketAddr::new(r.remote_addr, r.remote_port)))
+            .map(|r| r.cookie)
+            .collect();
+        assert_eq!(ours.len(), 25);
         run(&["ip", "netns", "exec", "dwt-to-c", "nft", "add table inet dwt; add chain inet dwt in { type filter hook input priority 0; policy drop; }"]);
         for mut s in servers.iter().chain(&aborted) {
             s.write_all(&[b'x'; 100]).unwrap();
         }
-        // Final tcp_info `retransmits` of every destroyed connection of the port.
-        let mut final_retransmits = Vec::new();
+        // Final tcp_info `retransmits` of each of our 25 connections, by cookie.
+        let mut final_retransmits = HashMap::new();
         let mut keep = |p: &Pipeline| {
-            final_retransmits.extend(
-                p.snapshot()
-                    .destroyed
-                    .iter()
-                    .filter(|r| r.local_port == port)
-                    .filter_map(|r| r.info.map(|i| i.retransmits)),
-            );
+            for r in &p.snapshot().destroyed {
+                if let (true, Some(info)) = (ours.contains(&r.cookie), r.info) {
+                    final_retransmits.insert(r.cookie, info.retransmits);
+                }
+            }
         };
         thread::sleep(Duration::from_millis(1500));
         for s in aborted {
@@ -392,7 +405,7 @@ fn twenty_connections_whose_peer_vanishes_are_twenty_timeouts() {
     assert_eq!(sent, 5, "the five abortive closes");
     assert_eq!(final_retransmits.len(), 25, "{final_retransmits:?}");
     assert!(
-        final_retransmits.iter().all(|&r| r > 0),
+        final_retransmits.values().all(|&r| r > 0),
         "tcp_info cannot tell the aborted from the timed out: {final_retransmits:?}"
     );
 }
