@@ -149,7 +149,9 @@ class Evaluator:
     def __init__(self, scenario: dict, phases: list[Phase], capture: tr.Capture,
                  samples: list[Sample], interval: float, stats: dict, faults: list[dict], exact: bool,
                  api_polls: list[dict] | None = None, drain_wait: dict | None = None,
-                 drain_polls: list[dict] | None = None, scrapes: dict | None = None) -> None:
+                 drain_polls: list[dict] | None = None, scrapes: dict | None = None,
+                 panels: dict | None = None) -> None:
+        self.panels = panels or {}
         self.drain_wait = drain_wait
         self.drain_polls = drain_polls or []
         self.scrapes = scrapes or {}
@@ -292,6 +294,64 @@ class Evaluator:
                             f"{lo}..{hi}", f"{obs:g}", f"{err:g}", f"+-{check.get('abs', 0)}",
                             err <= check.get("abs", 0), check["why"]))
         return rows
+
+    # --- dashboards and alerts (issue 7) ------------------------------------
+
+    @whole_span
+    def check_panels(self, check: dict, phase: Phase) -> list[Row]:
+        """Every dashboard panel query returns data during the run (through Prometheus, with the
+        dashboards' variables set to this backend)."""
+        panels = self.panels.get("panels", [])
+        empty = []
+        for p in panels:
+            has = any(any(v[1] not in ("NaN", "+Inf", "-Inf") for v in series["values"]) for series in p["result"])
+            if not has and p["title"] not in check.get("allow_empty", []):
+                empty.append(f"{p['board']}: {p['title']}")
+        return [Row("panels", phase.name, f"dashboard panel queries returning data ({len(panels)} queries)",
+                    "all", f"{len(panels) - len(empty)}" + (f"; empty: {'; '.join(empty)}" if empty else ""),
+                    str(len(empty)), "0", bool(panels) and not empty, check["why"])]
+
+    def _alert_starts(self) -> dict[str, float]:
+        """When each alert first started firing, by name (a run of firing steps)."""
+        starts: dict[str, float] = {}
+        for series in self.panels.get("alerts", []):
+            name = series["metric"].get("alertname", "")
+            first = min(float(t) for t, _ in series["values"]) if series["values"] else math.inf
+            starts[name] = min(starts.get(name, math.inf), first)
+        return starts
+
+    def _alert_onsets(self) -> list[tuple[str, float]]:
+        """Every onset (start of a run of firing steps) of every alert series."""
+        onsets = []
+        for series in self.panels.get("alerts", []):
+            name = series["metric"].get("alertname", "")
+            prev = None
+            for t, _ in series["values"]:
+                t = float(t)
+                if prev is None or t - prev > 1.5:
+                    onsets.append((name, t))
+                prev = t
+        return onsets
+
+    @whole_span
+    def check_alerts_fire(self, check: dict, phase: Phase) -> list[Row]:
+        """One of `any_of` starts firing within `within` seconds of the phase's first action."""
+        t0 = min(a["t"] for a in phase.actions) if phase.actions else phase.start
+        onsets = [(n, t) for n, t in self._alert_onsets() if n in check["any_of"] and t >= t0 - 1]
+        first = min(onsets, key=lambda o: o[1], default=None)
+        observed = f"{first[0]} after {first[1] - t0:.1f}s" if first else "none fired"
+        return [Row("alerts", phase.name, "damage alert after the cut", f"one of {', '.join(check['any_of'])} "
+                    f"within {check['within']:g}s", observed, "", f"{check['within']:g}s",
+                    first is not None and first[1] - t0 <= check["within"], check["why"])]
+
+    @whole_span
+    def check_alerts_quiet(self, check: dict, phase: Phase) -> list[Row]:
+        """None of `none_of` starts firing during the phases."""
+        onsets = [(n, t) for n, t in self._alert_onsets()
+                  if n in check["none_of"] and phase.start <= t <= phase.end + check.get("after", 0)]
+        observed = ", ".join(f"{n} at {t - phase.start:+.1f}s" for n, t in onsets) or "none"
+        return [Row("alerts", phase.name, "damage alerts starting in a graceful drain", "none", observed,
+                    str(len(onsets)), "0", not onsets, check["why"])]
 
     # --- drain readiness (issue 6) -------------------------------------------
 
@@ -766,3 +826,18 @@ def format_report(rows: list[Row]) -> str:
 
 def rows_json(rows: list[Row]) -> list[dict]:
     return [asdict(r) for r in rows]
+
+
+def dashboard_queries(directory, instance: str, job: str = "drainwatch", port: str = "80"):
+    """(board, panel title, expr) for every query of every dashboard, variables substituted."""
+    from pathlib import Path
+    subst = {"$job": job, "$instance": instance, "$port": port, "$__rate_interval": "1m",
+             "${datasource}": ""}
+    for path in sorted(Path(directory).glob("*.json")):
+        board = json.loads(path.read_text())
+        for p in board["panels"]:
+            for t in p["targets"]:
+                expr = t["expr"]
+                for k, v in subst.items():
+                    expr = expr.replace(k, v)
+                yield board["title"], p["title"], expr

@@ -308,6 +308,15 @@ def run_scenario(scenario: dict, out: Path, python: str, drainwatch: str) -> boo
         scrapes = {name: stack.prom("query_range", {"query": q, "start": f"{start - 1:.0f}", "end": f"{end:.0f}",
                                                     "step": "1"}) for name, q in compare.QUERIES.items()}
         (out / "scrapes.json").write_text(json.dumps({"queries": compare.QUERIES, "results": scrapes}, indent=1))
+        # Issue 7: every dashboard panel's queries, and the alerts that fired, over the run.
+        panels = []
+        for board, title, expr in compare.dashboard_queries(REPO / "dashboards", services.DRAINWATCH_ADDR):
+            result = stack.prom("query_range", {"query": expr, "start": f"{start - 1:.0f}", "end": f"{end:.0f}",
+                                                "step": "2"})
+            panels.append({"board": board, "title": title, "expr": expr, "result": result})
+        alerts = stack.prom("query_range", {"query": 'ALERTS{alertstate="firing"}', "start": f"{start - 1:.0f}",
+                                            "end": f"{end:.0f}", "step": "1"})
+        (out / "panels.json").write_text(json.dumps({"panels": panels, "alerts": alerts}, indent=1))
         timeline = {
             "phases": [{"name": p.name, "start": p.start, "end": p.end, "actions": p.actions} for p in phases],
             "faults": driver.faults,
@@ -376,9 +385,12 @@ def judge(scenario: dict, out: Path) -> bool:
     polls_file = run_dir / "drain-polls.jsonl"
     drain_polls = ([json.loads(line) for line in polls_file.read_text().splitlines() if line.strip()]
                    if polls_file.exists() else [])
+    panels_file = out / "panels.json"
+    panels = json.loads(panels_file.read_text()) if panels_file.exists() else {}
     evaluator = compare.Evaluator(scenario, phases, capture, samples, services.SAMPLE_INTERVAL, stats,
                                   faults, compare.destroy_events_up(scrapes), cl.read_polls(run_dir / "api.jsonl"),
-                                  drain_wait=timeline.get("drain_wait"), drain_polls=drain_polls, scrapes=scrapes)
+                                  drain_wait=timeline.get("drain_wait"), drain_polls=drain_polls, scrapes=scrapes,
+                                  panels=panels)
     rows = evaluator.run()
     passed = all(r.passed is not False for r in rows)
 
