@@ -53,6 +53,11 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct WaitArgs {
+    /// Ask a running drainwatch instead of sampling this host's kernel: its base URL, e.g.
+    /// http://10.0.0.5:9977 (GET /drain with the same thresholds). Exit 3 when it cannot be
+    /// asked (unreachable, refused, not watching the port).
+    #[arg(long = "url", value_name = "URL")]
+    pub url: Option<String>,
     /// Port to wait for (repeatable; every one must be drained).
     #[arg(long = "port", value_name = "PORT", value_parser = parse_port, required = true)]
     pub ports: Vec<u16>,

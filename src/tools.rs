@@ -15,6 +15,9 @@ use crate::model::tracker::idle_ms;
 pub const WAIT_DRAINED: u8 = 0;
 /// Exit status of `drainwatch wait`: `--timeout` passed first.
 pub const WAIT_TIMEOUT: u8 = 1;
+/// Exit status of `drainwatch wait --url`: the drainwatch asked cannot answer (unreachable,
+/// refused, not watching the port): distinct from "not drained in time".
+pub const WAIT_UNAVAILABLE: u8 = 3;
 
 fn tool_config(ports: &[u16], interval: Duration) -> Config {
     Config {
@@ -48,24 +51,40 @@ pub fn wait(args: &WaitArgs, out: &mut dyn Write, progress: &mut dyn Write) -> u
         quiet_ms: args.quiet.as_millis() as u64,
         hold_samples: args.hold_samples as usize,
     };
-    let mut pipeline = Pipeline::new(tool_config(&args.ports, args.interval));
+    let mut source = match &args.url {
+        Some(url) => match Remote::new(url) {
+            Ok(r) => Source::Remote(r),
+            Err(e) => {
+                let _ = writeln!(progress, "drainwatch wait: {e}");
+                return 2;
+            }
+        },
+        None => Source::Local(Box::new(Pipeline::new(tool_config(
+            &args.ports,
+            args.interval,
+        )))),
+    };
     let started = Instant::now();
     let mut next = started;
     let mut drawn_lines = 0usize;
     let mut peak: Vec<u64> = vec![0; args.ports.len()];
     let mut samples = 0u64;
     loop {
-        let ok = pipeline.step();
+        let (ok, verdicts) = match source.verdicts(&args.ports, &t) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = writeln!(progress, "drainwatch wait: {e}");
+                let summary = serde_json::json!({
+                    "result": "unavailable",
+                    "error": e.to_string(),
+                    "elapsed_seconds": started.elapsed().as_secs_f64(),
+                });
+                let _ = writeln!(out, "{summary}");
+                return WAIT_UNAVAILABLE;
+            }
+        };
         samples += 1;
         let elapsed = started.elapsed();
-        let verdicts: Vec<Verdict> = args
-            .ports
-            .iter()
-            .map(|&p| match pipeline.model().drains.ports.get(&p) {
-                Some(d) => d.verdict(p, &t),
-                None => crate::model::drain::PortDrain::default().verdict(p, &t),
-            })
-            .collect();
         for (i, v) in verdicts.iter().enumerate() {
             let e = excess_of(v, &t);
             peak[i] = peak[i].max(e);
@@ -128,6 +147,141 @@ pub fn wait(args: &WaitArgs, out: &mut dyn Write, progress: &mut dyn Write) -> u
             next = now;
         }
         std::thread::sleep(next - now);
+    }
+}
+
+/// Where `wait` gets its verdicts: its own samples of this host's kernel, or a running
+/// drainwatch's `GET /drain`.
+enum Source {
+    Local(Box<Pipeline>),
+    Remote(Remote),
+}
+
+impl Source {
+    /// One verdict per port; `ok` is false when a local sample failed (the last good one holds).
+    fn verdicts(
+        &mut self,
+        ports: &[u16],
+        t: &DrainThresholds,
+    ) -> Result<(bool, Vec<Verdict>), RemoteError> {
+        match self {
+            Source::Local(pipeline) => {
+                let ok = pipeline.step();
+                let v = ports
+                    .iter()
+                    .map(|&p| match pipeline.model().drains.ports.get(&p) {
+                        Some(d) => d.verdict(p, t),
+                        None => crate::model::drain::PortDrain::default().verdict(p, t),
+                    })
+                    .collect();
+                Ok((ok, v))
+            }
+            Source::Remote(remote) => ports
+                .iter()
+                .map(|&p| remote.verdict(p, t))
+                .collect::<Result<Vec<_>, _>>()
+                .map(|v| (true, v)),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("{url}: {message}")]
+    Unavailable { url: String, message: String },
+    #[error("{0}: only http:// URLs are supported")]
+    Scheme(String),
+}
+
+/// A running drainwatch asked over HTTP (plain HTTP/1.0 over a std socket: one short request
+/// a sample needs no client library).
+struct Remote {
+    base: String,
+    host: String,
+    addr: String,
+}
+
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Remote {
+    fn new(url: &str) -> Result<Self, RemoteError> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| RemoteError::Scheme(url.to_string()))?;
+        let host = rest.trim_end_matches('/').to_string();
+        if host.is_empty() || host.contains('/') {
+            return Err(RemoteError::Scheme(url.to_string()));
+        }
+        let addr = if host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            host.clone()
+        } else {
+            format!("{host}:80")
+        };
+        Ok(Remote {
+            base: format!("http://{host}"),
+            host,
+            addr,
+        })
+    }
+
+    fn fail(&self, message: impl Into<String>) -> RemoteError {
+        RemoteError::Unavailable {
+            url: self.base.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn verdict(&self, port: u16, t: &DrainThresholds) -> Result<Verdict, RemoteError> {
+        use std::io::Read;
+        use std::net::ToSocketAddrs;
+        let path = format!(
+            "/drain?port={port}&max_active={}&max_websocket={}&quiet={}ms&hold_samples={}",
+            t.max_active, t.max_websocket, t.quiet_ms, t.hold_samples
+        );
+        let addr = self
+            .addr
+            .to_socket_addrs()
+            .map_err(|e| self.fail(format!("cannot resolve {}: {e}", self.addr)))?
+            .next()
+            .ok_or_else(|| self.fail(format!("{} resolves to nothing", self.addr)))?;
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, REMOTE_TIMEOUT)
+            .map_err(|e| self.fail(format!("cannot connect: {e}")))?;
+        let _ = stream.set_read_timeout(Some(REMOTE_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(REMOTE_TIMEOUT));
+        write!(
+            stream,
+            "GET {path} HTTP/1.0\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: drainwatch-wait\r\n\r\n",
+            self.host
+        )
+        .map_err(|e| self.fail(format!("cannot send the request: {e}")))?;
+        let mut reply = Vec::new();
+        stream
+            .take(1 << 20)
+            .read_to_end(&mut reply)
+            .map_err(|e| self.fail(format!("no answer: {e}")))?;
+        let reply = String::from_utf8_lossy(&reply);
+        let (head, body) = reply
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| self.fail("not an HTTP answer"))?;
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| self.fail("not an HTTP answer"))?;
+        if status != 200 && status != 503 {
+            let detail = serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or_else(|| body.trim().chars().take(200).collect());
+            return Err(self.fail(format!("GET /drain?port={port}: HTTP {status}: {detail}")));
+        }
+        let doc: serde_json::Value = serde_json::from_str(body)
+            .map_err(|e| self.fail(format!("GET /drain?port={port}: bad JSON: {e}")))?;
+        serde_json::from_value(doc["verdict"].clone())
+            .map_err(|e| self.fail(format!("GET /drain?port={port}: bad verdict: {e}")))
     }
 }
 

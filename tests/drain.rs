@@ -97,7 +97,7 @@ fn phases_walk_serving_draining_drained_stopped() {
         m.observe(&sample(now, listening, &[(HTTP_PORT, &open)]));
         let v = verdict(&m, HTTP_PORT, &t);
         if phases.last() != Some(&v.phase) {
-            phases.push(v.phase);
+            phases.push(v.phase.clone());
         }
         if v.ready && first_ready.is_none() {
             first_ready = Some(now);

@@ -277,3 +277,137 @@ fn snapshot_lists_the_connections_as_a_table_and_as_json() {
         .all(|c| c["class"] == "http" && c["state"] == "established"));
     assert!(conns.iter().all(|c| c["age_is_lower_bound"] == true));
 }
+
+/// A drainwatch exporter watching `port`, serving on `web`, stopped with SIGTERM when dropped.
+struct Exporter(std::process::Child);
+
+impl Exporter {
+    fn start(port: u16, web: u16) -> Exporter {
+        let child = Command::new(BIN)
+            .args([
+                "--watch.port",
+                &port.to_string(),
+                "--web.listen-address",
+                &format!("127.0.0.1:{web}"),
+                "--sample.interval",
+                "500ms",
+                "--source.tracepoints=false",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", web)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "exporter not up"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        Exporter(child)
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn remote_wait_asks_a_running_drainwatch_and_exits_0_when_drained() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let web = free_port();
+    let _exporter = Exporter::start(port, web);
+    let pairs = connect(&listener, 3);
+    let closer = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(1500));
+        drop(pairs);
+        Instant::now()
+    });
+    let url = format!("http://127.0.0.1:{web}");
+    let o = wait(&[
+        "--url",
+        &url,
+        "--port",
+        &port.to_string(),
+        "--quiet",
+        "1s",
+        "--sample.interval",
+        "500ms",
+        "--timeout",
+        "30s",
+        "--progress",
+        "lines",
+    ]);
+    let ended = Instant::now();
+    let last_left = closer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert!(
+        ended.duration_since(last_left) <= Duration::from_millis(3000),
+        "{stderr}"
+    );
+    let lines: Vec<_> = stderr.lines().map(fields).collect();
+    assert!(lines.iter().any(|f| f["active"] == "3"), "{stderr}");
+    assert_eq!(lines.last().unwrap()["ready"], "true");
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["result"], "drained");
+}
+
+#[test]
+fn remote_wait_that_cannot_ask_exits_3_not_1() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Nobody listens there.
+    let closed = free_port();
+    let o = wait(&[
+        "--url",
+        &format!("http://127.0.0.1:{closed}"),
+        "--port",
+        "80",
+        "--timeout",
+        "5s",
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot connect"));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["result"], "unavailable");
+    // A drainwatch that does not watch the port.
+    let web = free_port();
+    let _exporter = Exporter::start(port, web);
+    let o = wait(&[
+        "--url",
+        &format!("http://127.0.0.1:{web}"),
+        "--port",
+        "9",
+        "--timeout",
+        "5s",
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("HTTP 404: port not watched"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Not an http:// URL: bad usage.
+    assert_eq!(
+        wait(&["--url", "https://example.invalid", "--port", "80"])
+            .status
+            .code(),
+        Some(2)
+    );
+}

@@ -102,10 +102,10 @@ pub struct PortDrain {
 }
 
 /// The verdict for one port under given thresholds.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Verdict {
     pub port: u16,
-    pub phase: &'static str,
+    pub phase: String,
     pub ready: bool,
     pub stalled: bool,
     /// Seconds until the thresholds are reached at the observed rate; 0 when within them,
@@ -159,7 +159,7 @@ impl PortDrain {
         let Some(last) = self.history.back().copied() else {
             return Verdict {
                 port,
-                phase: Phase::Serving.label(),
+                phase: Phase::Serving.label().to_string(),
                 ready: false,
                 stalled: false,
                 eta_seconds: None,
@@ -251,7 +251,7 @@ impl PortDrain {
         }
         Verdict {
             port,
-            phase: phase.label(),
+            phase: phase.label().to_string(),
             ready,
             stalled,
             eta_seconds,
