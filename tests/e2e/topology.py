@@ -14,7 +14,10 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-PREFIX = "dwe2e-"
+# DRAINWATCH_E2E_PREFIX lets two runs share a machine (each cleans up only its own objects).
+PREFIX = os.environ.get("DRAINWATCH_E2E_PREFIX", "dwe2e-")
+if not (PREFIX.endswith("-") and 2 <= len(PREFIX) <= 8 and PREFIX[:-1].isalnum()):
+    raise SystemExit(f"DRAINWATCH_E2E_PREFIX {PREFIX!r}: 1-7 letters or digits and a trailing '-'")
 CLIENTS = PREFIX + "cl"
 LB = PREFIX + "lb"
 B1 = PREFIX + "b1"
