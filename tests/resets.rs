@@ -124,3 +124,36 @@ fn close_reasons_are_unknown_without_tracepoints() {
         "no reset series without tracepoints"
     );
 }
+
+#[test]
+fn a_reset_read_one_drain_after_its_sockets_destroy_still_joins_it() {
+    // The reset was recorded on one CPU, the socket's destroy on another whose buffer was read
+    // first: the destroy comes in the earlier sample.
+    let (model, _) = common::replay(
+        r#"
+        watched = [80]
+        events = true
+        tracepoints = true
+        [[sample]]
+        at = "0s"
+        listeners = [{ port = 80 }]
+        sockets = [{ cookie = 9, state = "established", port = 80, peer = "10.250.1.10:40009", segs_in = 1, segs_out = 1 }]
+        [[sample]]
+        at = "1s"
+        listeners = [{ port = 80 }]
+        destroyed = [{ cookie = 9, port = 80, peer = "10.250.1.10:40009" }]
+        trace = [{ event = "destroyed", skaddr = 0xe000, cookie = 9, local = "10.250.1.2:80", remote = "10.250.1.10:40009" }]
+        [[sample]]
+        at = "2s"
+        listeners = [{ port = 80 }]
+        trace = [{ event = "reset_sent", skaddr = 0xe000, state = "close", reason = "abort-on-close", local = "10.250.1.2:80", remote = "10.250.1.10:40009" }]
+        [[sample]]
+        at = "5s"
+        listeners = [{ port = 80 }]
+        trace = [{ event = "reset_sent", skaddr = 0xe000, state = "close", reason = "abort-on-close", local = "10.250.1.2:80", remote = "10.250.1.10:40010" }]
+        "#,
+        Classifier::default(),
+    );
+    // The late one joins; a reset of a later socket at the same address (3 s on) does not.
+    assert_eq!(resets(&model, 80, Direction::Sent, "abort-on-close"), 1);
+}

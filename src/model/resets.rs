@@ -11,6 +11,9 @@
 //! - A reset sent by a full socket (`tcp_send_reset` with a socket in a closable state) waits
 //!   for that socket's `tcp_destroy_sock`, which names its cookie (the kernel frees every socket
 //!   that sent a reset); then it counts like a received one.
+//!   Each CPU's buffer is read in turn, so a reset recorded on one CPU can arrive a drain after
+//!   its socket's destroy recorded on another: a destroy nothing waited for is remembered for
+//!   2.5 s by kernel address.
 //! - A reset sent by a listener counts at once when the listener's address is ours (below);
 //!   a wildcard listener's waits, like a connection's, for its `tcp_destroy_sock` (a listener
 //!   that closes, as in a hard cut, resets the connections still in its accept queue).
@@ -36,6 +39,8 @@ use super::tracker::{Tracker, TupleKey};
 
 /// How long (sample time) a hit may wait for the event that names its connection.
 pub const PENDING_MS: u64 = 60_000;
+/// How long (sample time) a destroy with no reset waiting is remembered for a late reset.
+const RECENT_DESTROY_MS: u64 = 2_500;
 /// Hits waiting at most; beyond, the oldest are dropped (unattributed).
 const MAX_PENDING: usize = 200_000;
 
@@ -118,6 +123,10 @@ struct PendingSent {
 pub struct Attributor {
     marks: HashMap<u64, Mark>,
     by_skaddr: HashMap<u64, PendingSent>,
+    /// Sockets destroyed recently with no reset waiting for them, by kernel address: a reset
+    /// recorded on another CPU can reach us one drain after its socket's destroy (each CPU's
+    /// buffer is read in turn), and still joins it.
+    recent_destroys: HashMap<u64, (u64, u16, u64)>,
     timeouts: HashMap<(SocketAddr, SocketAddr), u64>,
     /// Hits dropped without a connection of the watched namespace.
     unattributed: u64,
@@ -198,6 +207,12 @@ impl Attributor {
                     let listener_of_ours =
                         state == Some(TcpState::Listen) && ours(local.ip(), snapshot);
                     if full_socket(skaddr, state) && !listener_of_ours {
+                        if let Some((cookie, port, _)) = self.recent_destroys.remove(&skaddr) {
+                            let m = self.mark(cookie, port, now);
+                            m.sent.push(reason);
+                            m.reset = true;
+                            continue;
+                        }
                         let p = self.by_skaddr.entry(skaddr).or_insert(PendingSent {
                             seen_ms: now,
                             reasons: Vec::new(),
@@ -230,6 +245,9 @@ impl Attributor {
                         let m = self.mark(cookie, local.port(), now);
                         m.sent.extend(p.reasons);
                         m.reset = true;
+                    } else if skaddr != 0 {
+                        self.recent_destroys
+                            .insert(skaddr, (cookie, local.port(), now));
                     }
                     if self.timeouts.remove(&(local, remote)).is_some() {
                         let m = self.mark(cookie, local.port(), now);
@@ -311,6 +329,9 @@ impl Attributor {
             dropped += m.sent.len() as u64 + u64::from(m.received) + u64::from(m.timeout_pending);
             false
         });
+        // A late reset comes within a drain or two of its socket's destroy.
+        self.recent_destroys
+            .retain(|_, &mut (_, _, seen)| now.saturating_sub(seen) < RECENT_DESTROY_MS);
         self.by_skaddr.retain(|_, p| {
             let keep = now.saturating_sub(p.seen_ms) < PENDING_MS;
             if !keep {
