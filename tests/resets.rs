@@ -157,3 +157,30 @@ fn a_reset_read_one_drain_after_its_sockets_destroy_still_joins_it() {
     // The late one joins; a reset of a later socket at the same address (3 s on) does not.
     assert_eq!(resets(&model, 80, Direction::Sent, "abort-on-close"), 1);
 }
+
+#[test]
+fn an_abort_on_data_after_the_sockets_destroy_event_counts() {
+    // kill -9: the socket's destroy event (sample 1, no listener left: the tracker does not
+    // follow it), then data arrives and the kernel answers with an RST from the freed socket,
+    // read in the next sample.
+    let (model, _) = common::replay(
+        r#"
+        watched = [80]
+        events = true
+        tracepoints = true
+        [[sample]]
+        at = "0s"
+        listeners = [{ port = 80 }]
+        [[sample]]
+        at = "1s"
+        destroyed = [{ cookie = 31, port = 80, peer = "10.250.1.10:40031" }]
+        trace = [{ event = "destroyed", skaddr = 0xf000, cookie = 31, local = "10.250.1.2:80", remote = "10.250.1.10:40031" }]
+        [[sample]]
+        at = "2s"
+        trace = [{ event = "reset_sent", skaddr = 0xf000, state = "close", reason = "abort-on-data", local = "10.250.1.2:80", remote = "10.250.1.10:40031" }]
+        "#,
+        Classifier::default(),
+    );
+    assert_eq!(resets(&model, 80, Direction::Sent, "abort-on-data"), 1);
+    assert_eq!(model.attributor.unattributed(), 0);
+}

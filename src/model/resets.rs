@@ -127,6 +127,10 @@ pub struct Attributor {
     /// recorded on another CPU can reach us one drain after its socket's destroy (each CPU's
     /// buffer is read in turn), and still joins it.
     recent_destroys: HashMap<u64, (u64, u16, u64)>,
+    /// Cookies of this namespace's recent destroy events (port, sample time): a reset that
+    /// follows its socket's destroy (data arriving at a socket freed on close: abort-on-data)
+    /// is read after that event, when the tracker may not follow the socket (no listener left).
+    recent_ours: HashMap<u64, (u16, u64)>,
     timeouts: HashMap<(SocketAddr, SocketAddr), u64>,
     /// Hits dropped without a connection of the watched namespace.
     unattributed: u64,
@@ -285,11 +289,17 @@ impl Attributor {
         // kernel but never by the application, reset when the listener closed: no listener
         // is left to tell them inbound): their destroy event proves they were ours.
         let pending = |m: &Mark| !m.sent.is_empty() || m.received > 0 || m.timeout_pending;
+        if snapshot.trace_running {
+            for r in &snapshot.destroyed {
+                self.recent_ours.insert(r.cookie, (r.local_port, now));
+            }
+            self.recent_ours
+                .retain(|_, &mut (_, seen)| now.saturating_sub(seen) < RECENT_DESTROY_MS);
+        }
         let destroyed: HashMap<u64, u16> = if self.marks.values().any(pending) {
-            snapshot
-                .destroyed
+            self.recent_ours
                 .iter()
-                .map(|r| (r.cookie, r.local_port))
+                .map(|(&cookie, &(port, _))| (cookie, port))
                 .collect()
         } else {
             HashMap::new()
