@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import classes as cl
@@ -38,12 +39,16 @@ QUERIES = {
     "resets_received": 'sum by (port) (drainwatch_resets_total{direction="received"})',
     "timeouts": "sum by (port) (drainwatch_connection_timeouts_total)",
     "tracepoints": 'max(drainwatch_source_up{source="tracepoints"})',
+    "trace_exact": 'max(drainwatch_source_info{source="tracepoints",precision="exact"})',
+    "trace_lost": 'sum(drainwatch_events_lost_total{source="tracepoints"})',
+    "trace_unattributed": "sum(drainwatch_trace_unattributed_total)",
     # Drain readiness (issue 6).
     "drain_phase": "max by (port, phase) (drainwatch_drain_phase)",
     "opened_after_drain": "sum by (port) (drainwatch_connections_opened_after_drain_total)",
 }
 COUNTERS = ("opened", "closed", "opened_http", "opened_websocket", "opened_probe", "opened_unclassified",
-            "opened_nonprobe", "upgraded", "attempt_fails", "resets_sent", "resets_received", "timeouts")
+            "opened_nonprobe", "upgraded", "attempt_fails", "resets_sent", "resets_received", "timeouts",
+            "trace_lost", "trace_unattributed")
 
 
 # Actions that close the listeners of these ports.
@@ -93,6 +98,17 @@ def destroy_events_up(results: dict[str, list]) -> bool:
     return bool(values) and min(values) == 1.0
 
 
+def tracepoints_exact(results: dict[str, list]) -> bool:
+    """drainwatch_source_info{source="tracepoints",precision="exact"} in every step of the run:
+    the tracepoints and destroy events ran throughout, so resets and timeouts are exact."""
+    # Runs kept from before this query existed: the source's up gauge instead.
+    series = results.get("trace_exact", results.get("tracepoints")) or []
+    values = [float(v) for _, v in series[0]["values"]] if series else []
+    stamps = results.get("timestamp") or []
+    steps = len(stamps[0]["values"]) if stamps else 0
+    return bool(values) and min(values) == 1.0 and len(values) >= steps
+
+
 def samples_from(results: dict[str, list]) -> list[Sample]:
     """Join the query_range results step by step; one Sample per drainwatch sample."""
     stamps = results["timestamp"][0]["values"] if results["timestamp"] else []
@@ -100,7 +116,7 @@ def samples_from(results: dict[str, list]) -> list[Sample]:
     for step, value in stamps:
         by_step[float(step)] = Sample(float(value))
     for query, series in results.items():
-        if query in ("timestamp", "states", "destroy_events", "tracepoints", "drain_phase"):
+        if query in ("timestamp", "states", "destroy_events", "tracepoints", "trace_exact", "drain_phase"):
             continue
         for s in series:
             port = s["metric"].get("port", "")
@@ -170,6 +186,8 @@ class Evaluator:
                        for p, t in capture.ports.items()}
         for p, t in capture.ports.items():
             self.events[p].update(tr.reset_events(t, self.instants, self.skew, delay=interval))
+            self.events[p]["timeouts"] = tr.timeout_events(t, self.instants, self.skew, delay=interval)
+        self.trace_exact = tracepoints_exact(scrapes or {}) if scrapes is not None else True
         self.api_polls = api_polls or []
         self.tables: list[str] = []  # extra report sections (the confusion matrix)
         self.class_views: dict[int, cl.ClassView] = {}
@@ -253,47 +271,108 @@ class Evaluator:
                 f"{lo}..{hi} (wire {wire})", f"{obs:g}", f"{err:g}", f"+-{tol}", err <= tol, check["why"]))
         return rows
 
+    def _trace_guard(self, kind: str, phase: Phase, first: Sample, last: Sample, why: str) -> list[Row]:
+        """A failing row unless the tracepoints were exact for the whole run and lost nothing in
+        the window: without them the reset and timeout families are absent, and 0 would match."""
+        lost = last.values.get("trace_lost", {}).get("", 0.0) - first.values.get("trace_lost", {}).get("", 0.0)
+        if self.trace_exact and lost == 0:
+            return []
+        state = "exact" if self.trace_exact else "not exact throughout (or absent)"
+        return [Row(kind, phase.name, 'drainwatch_source_info{source="tracepoints",precision="exact"}, records lost',
+                    "exact, 0 lost", f"{state}, {lost:g} lost", "", "", False, why)]
+
     def check_resets(self, check: dict, phase: Phase) -> list[Row]:
         """Per phase and direction: increase of drainwatch_resets_total vs the RSTs on the wire
-        that its tracepoints count (truth.reset_events)."""
+        that its tracepoints count (truth.reset_kinds, truth.reset_events)."""
         rows = []
         first, last = self._last_before(phase.start), self._last_before(phase.end)
         if first is None or last is None:
             return [Row("resets", phase.name, "(no samples)", "", "", "", "", False, check["why"])]
+        rows.extend(self._trace_guard("resets", phase, first, last, check["why"]))
         for port in check["ports"]:
+            kinds = [(inbound, kind) for t, inbound, kind in tr.reset_kinds(self.capture.ports[port])
+                     if first.t < t <= last.t]
             for direction in ("sent", "received"):
                 name = "resets_" + direction
                 lo, hi = tr.count_in(self.events[port][name], first.t, last.t)
                 obs = last.get(name, port) - first.get(name, port)
                 tol = max(check.get("abs", 0), math.ceil(check.get("rel", 0) * hi))
                 err = max(0.0, lo - obs, obs - hi)
-                wire = sum(1 for t, inbound, _ in self.capture.ports[port].resets
-                           if first.t < t <= last.t and inbound == (direction == "received"))
+                mine = Counter(kind for inbound, kind in kinds if inbound == (direction == "received"))
+                plain = ("received", "sent by the socket", "sent without a full socket")
+                left_out = "; ".join(f"{n} {k}" for k, n in sorted(mine.items()) if k not in plain)
                 rows.append(Row(
                     "resets", phase.name, f":{port} resets_total{{direction=\"{direction}\"}} increase",
-                    f"{lo}..{hi} (wire {wire})", f"{obs:g}", f"{err:g}", f"+-{tol}", err <= tol, check["why"]))
+                    f"{lo}..{hi} (wire {sum(mine.values())}" + (f"; {left_out}" if left_out else "") + ")",
+                    f"{obs:g}", f"{err:g}", f"+-{tol}", err <= tol, check["why"]))
         return rows
 
     def check_timeouts(self, check: dict, phase: Phase) -> list[Row]:
         """Per phase: increase of drainwatch_connection_timeouts_total vs the connections the
-        capture shows dying by retransmission give-up (Conn.how == "timeout")."""
+        fault bookkeeping put under a drop and the capture shows dying at the retransmission
+        give-up (truth.timeout_events)."""
         rows = []
-        first, last = self._last_before(phase.start), self._last_before(phase.end + check.get("grace", 0))
+        first, last = self._last_before(phase.start), self._last_before(phase.end)
         if first is None or last is None:
             return [Row("timeouts", phase.name, "(no samples)", "", "", "", "", False, check["why"])]
+        rows.extend(self._trace_guard("timeouts", phase, first, last, check["why"]))
+        # The fault bookkeeping's drops that overlap the phase.
+        drops = [f for f in self.faults if f["kind"] in ("blackhole", "drop_flows")
+                 and f["start"] < last.t and (f["end"] or math.inf) > first.t]
         for port in check["ports"]:
-            conns = self.capture.ports[port].conns
-            dead = [c for c in conns if (c.how == "timeout" or c.timed_out) and c.died is not None
-                    and phase.start <= c.died <= phase.end + check.get("grace", 0)]
-            maybe = [c for c in conns if c.uncertain is not None and c not in dead
-                     and phase.start <= c.uncertain[1] and c.uncertain[0] <= phase.end]
-            lo, hi = len(dead), len(dead) + len(maybe)
+            lo, hi = tr.count_in(self.events[port]["timeouts"], first.t, last.t)
             obs = last.get("timeouts", port) - first.get("timeouts", port)
+            tol = max(check.get("abs", 0), math.ceil(check.get("rel", 0) * hi))
             err = max(0.0, lo - obs, obs - hi)
+            conns = self.capture.ports[port].conns
+            flows = {(port, ip, pp) for f in drops for _, ip, pp in f.get("flows", ())}
+            under = [c for c in conns if c.est is not None and any(
+                (port in f.get("ports", ()) or (port, *c.peer) in flows)
+                and c.est < (f["end"] or math.inf) and c.est_end > f["start"] for f in drops)]
+            queued = sum(1 for c in under if c.uncertain is not None)
+            book = (f" ({len(under)} conns under a drop, {queued} with data queued)" if drops else " (no drop)")
             rows.append(Row("timeouts", phase.name, f":{port} connection_timeouts_total increase",
-                            f"{lo}..{hi}", f"{obs:g}", f"{err:g}", f"+-{check.get('abs', 0)}",
-                            err <= check.get("abs", 0), check["why"]))
+                            f"{lo}..{hi}{book}", f"{obs:g}", f"{err:g}", f"+-{tol}", err <= tol, check["why"]))
         return rows
+
+    def check_opened(self, check: dict, phase: Phase) -> list[Row]:
+        """Per phase: increase of opened_total vs the capture's accepted SYNs: connections whose
+        SYN was answered and whose handshake completed (a full socket), short-lived ones and
+        health checks included, placed at drainwatch's samples by the counter model (with
+        destroy events each one at the first sample after its handshake)."""
+        first, last = self._last_before(phase.start), self._last_before(phase.end)
+        if first is None or last is None:
+            return [Row("opened", phase.name, "opened_total (no samples)", "", "", "", "", False, check["why"])]
+        return [self._opened_row(check, phase.name, port, first, last) for port in check["ports"]]
+
+    @whole_span
+    def check_opened_total(self, check: dict, span: Phase) -> list[Row]:
+        """The same over consecutive phases as one span (the 0.5% of the acceptance needs
+        counts in the hundreds)."""
+        first, last = self._last_before(span.start), self._last_before(span.end)
+        if first is None or last is None:
+            return [Row("opened", span.name, "opened_total (no samples)", "", "", "", "", False, check["why"])]
+        return [self._opened_row(check, span.name, port, first, last) for port in check["ports"]]
+
+    def _opened_row(self, check: dict, name: str, port: int, first: Sample, last: Sample) -> Row:
+        lo, hi = tr.count_in(self.events[port]["opened"], first.t, last.t)
+        obs = last.get("opened", port) - first.get("opened", port)
+        # Within rel of the count, rounded down: exact below 1 / rel connections.
+        tol = check.get("abs", 0) + math.floor(check.get("rel", 0) * hi + 1e-9)
+        err = max(0.0, lo - obs, obs - hi)
+        conns = self.capture.ports[port].conns
+        accepted = [c for c in conns if c.est is not None and c.synack is not None and first.t < c.est <= last.t]
+        partial = sum(1 for c in conns if c.est is not None and c.synack == c.est and c.partial and first.t < c.est <= last.t)
+        unfinished = sum(1 for c in conns if c.est is None and c.synack is not None and first.t < c.synack <= last.t)
+        gone = self._listener_gone(port, list(self.phases.values()))
+        late = sum(1 for c in accepted if c.est < gone and (self._next_instant(c.est - self.skew) >= gone))
+        notes = [f"accepted SYNs {len(accepted) - partial}"]
+        if unfinished:
+            notes.append(f"{unfinished} SYN-ACKed, handshake never completed (no socket)")
+        if late:
+            notes.append(f"{late} accepted after the last sample before the listener closed (not counted, by design)")
+        return Row("opened", name, f":{port} opened_total increase", f"{lo}..{hi} ({'; '.join(notes)})",
+                   f"{obs:g}", f"{err:g}", f"+-{tol}", err <= tol, check["why"])
 
     # --- dashboards and alerts (issue 7) ------------------------------------
 

@@ -70,6 +70,9 @@ class Packet:
     length: int = 0  # TCP payload bytes
     # The captured part of the payload (the snaplen may cut it short of `length`).
     payload: bytes = field(default=b"", compare=False, repr=False)
+    # Sequence and acknowledgment numbers (None in hand-made packets: not checked then).
+    seq: int | None = field(default=None, compare=False)
+    ack: int | None = field(default=None, compare=False)
 
 
 def read_pcap(path: Path) -> Iterator[Packet]:
@@ -120,13 +123,13 @@ def _parse_ipv4_tcp(ip: bytes, t: float) -> Packet | None:
     ihl = (ip[0] & 0x0F) * 4
     if len(ip) < ihl + 14:
         return None
-    sport, dport = struct.unpack_from(">HH", ip, ihl)
+    sport, dport, seq, ack = struct.unpack_from(">HHII", ip, ihl)
     src = ".".join(str(b) for b in ip[12:16])
     dst = ".".join(str(b) for b in ip[16:20])
     doff = (ip[ihl + 12] >> 4) * 4
     length = max(struct.unpack_from(">H", ip, 2)[0] - ihl - doff, 0)
     payload = ip[ihl + doff: ihl + doff + length] if length else b""
-    return Packet(t, src, sport, dst, dport, ip[ihl + 13], length, payload)
+    return Packet(t, src, sport, dst, dport, ip[ihl + 13], length, payload, seq, ack)
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,42 @@ class Conn:
     packets: list[float] = field(default_factory=list, repr=False)
     sent: list[float] = field(default_factory=list, repr=False)
     out_flags: list[tuple[float, int]] = field(default_factory=list, repr=False)  # (time, flags) sent
+    # Sequence space, where the capture has it (not for a connection older than the capture):
+    # the next byte the server expects (RCV.NXT), and its own FIN's sequence number.
+    rcv_nxt: int | None = field(default=None, repr=False)
+    fin_seq: int | None = field(default=None, repr=False)
+    fin_acked: float | None = None  # the peer acknowledged the server's FIN (FIN_WAIT1 -> FIN_WAIT2)
+    fin_ack_data: bool = False      # ... with a segment that carried data
+    # RSTs in that the kernel ignores (sequence number not RCV.NXT: a challenge ACK answers an
+    # in-window one, an out-of-window one is dropped); the socket lives on.
+    rst_in_ignored: list[float] = field(default_factory=list, repr=False)
+
+    def full_at(self, t: float) -> bool | None:
+        """Whether the server's socket is a full socket at t (what tcp_receive_reset and the
+        cookie of tcp_send_reset need): from the handshake's last ACK until it is freed or
+        enters TIME_WAIT. None where the capture cannot tell: after the peer acknowledged the
+        server's FIN and before the peer's FIN, an orphaned socket (the application called
+        close()) becomes a TIME_WAIT mini-socket in its FIN_WAIT2 substate (tcp_fin_timeout
+        is not above 60 s), while one the application only shut down stays a full FIN_WAIT2
+        socket; the wire looks the same."""
+        if self.est is None or t < self.est:
+            return False
+        if (self.gone is not None and t > self.gone) or (self.tw is not None and t >= self.tw):
+            return False
+        if self.gone is not None and t == self.gone and t not in (self.rst_in, self.rst_out):
+            return False
+        if self.died is not None and t >= self.died:
+            return False
+        if self.uncertain is not None and self.uncertain[0] <= t <= self.uncertain[1]:
+            return None  # it may have died silently by now (see Capture._mark_uncertain)
+        if self.fin_acked is not None and t >= self.fin_acked:
+            if self.fin_ack_data and t == self.rst_out and t - self.fin_acked <= ABORT_ANSWER:
+                # The segment that acked the FIN carried data: an orphan in FIN_WAIT1 aborts on
+                # it ("out of order FIN after close", abort-on-data) with its full socket, before
+                # it could become a TIME_WAIT remnant.
+                return True
+            return None
+        return True
 
     @property
     def est_end(self) -> float:
@@ -256,6 +295,8 @@ class Capture:
                 if conn is not None and (conn.gone is None or conn.gone > pkt.t):
                     conn.gone = pkt.t  # a new SYN takes over a TIME_WAIT socket
                 conn = current[key] = Conn(port, peer, syn=pkt.t)
+                if pkt.seq is not None:
+                    conn.rcv_nxt = (pkt.seq + 1) % SEQ_SPACE
                 truth.conns.append(conn)
             return
         if conn is None:
@@ -270,6 +311,10 @@ class Capture:
             if f & RST and not inbound:
                 truth.rst_out_without_socket += 1  # answer to a segment for a dead socket
             return
+        if inbound and f & RST and not _reset_accepted(conn, pkt):
+            conn.rst_in_ignored.append(pkt.t)
+            return
+        _track_sequence(conn, pkt, inbound)
         if pkt.length:
             _record_payload(conn, pkt, inbound)
         if self.drops:
@@ -360,6 +405,47 @@ class Capture:
                                 conn.timed_out = True
             for conn in truth.conns:
                 conn.packets, conn.sent, conn.out_flags = [], [], []
+
+
+SEQ_SPACE = 1 << 32
+ABORT_ANSWER = 0.01  # an RST answering a segment leaves within this (same softirq; on a veth)
+
+
+def _seq_after(a: int, b: int) -> bool:
+    """a is after b in sequence space (RFC 793 arithmetic, as the kernel's after())."""
+    return 0 < (a - b) % SEQ_SPACE < SEQ_SPACE // 2
+
+
+def _reset_accepted(conn: Conn, pkt: Packet) -> bool:
+    """Whether the kernel accepts an RST on the server's socket (tcp_validate_incoming, RFC
+    5961): its sequence number must be RCV.NXT exactly, or RCV.NXT - 1 once the peer's FIN is
+    in (CLOSE_WAIT, LAST_ACK, CLOSING: tcp_reset_check). Any other is ignored (a challenge ACK
+    answers it if it is in the window). Before the handshake completed (a request socket) and
+    where the capture does not know RCV.NXT, it is taken as accepted."""
+    if conn.est is None or conn.rcv_nxt is None or pkt.seq is None:
+        return True
+    if conn.tw is not None and pkt.t >= conn.tw:
+        return True  # TIME_WAIT checks it its own way; it is no full socket either way
+    if pkt.seq == conn.rcv_nxt:
+        return True
+    return conn.fin_in is not None and pkt.seq == (conn.rcv_nxt - 1) % SEQ_SPACE
+
+
+def _track_sequence(conn: Conn, pkt: Packet, inbound: bool) -> None:
+    """RCV.NXT from the peer's in-order segments; the server's FIN and when the peer acked it."""
+    if pkt.seq is None:
+        return
+    if inbound:
+        if conn.rcv_nxt is not None and not pkt.flags & (SYN | RST):
+            end = (pkt.seq + pkt.length + (1 if pkt.flags & FIN else 0)) % SEQ_SPACE
+            if not _seq_after(pkt.seq, conn.rcv_nxt) and _seq_after(end, conn.rcv_nxt):
+                conn.rcv_nxt = end
+        if (conn.fin_seq is not None and conn.fin_acked is None and pkt.flags & ACK and pkt.ack is not None
+                and _seq_after(pkt.ack, conn.fin_seq)):
+            conn.fin_acked = pkt.t
+            conn.fin_ack_data = pkt.length > 0
+    elif pkt.flags & FIN and conn.fin_seq is None:
+        conn.fin_seq = (pkt.seq + pkt.length) % SEQ_SPACE
 
 
 HEAD_BYTES = 2048  # how much of each direction's stream start is kept
@@ -517,53 +603,114 @@ def _is_loopback(ip: str) -> bool:
     return ip.startswith("127.")
 
 
+def _counted_at(samples: list[float], t: float, skew: float, delay: float,
+                certain: bool = True, until: float | None = None) -> Event | None:
+    """An event that happened at t (or, uncertain, somewhere in [t, until]) as a sampler that
+    collects its hits at each sample counts it: at the first sample after it, up to `delay`
+    later (its connection joined only at its destroy); sample instants are known to +-skew."""
+    first = _first_sample(samples, t - skew, INF)
+    last = _first_sample(samples, (t if until is None else until) + skew + delay, INF)
+    if first is None:
+        return None
+    return Event(first, last if last is not None else INF, certain and last is not None)
+
+
+# How drainwatch's tracepoints see each RST on the wire (reset_kinds): counted, counted only in
+# the upper bound (the capture cannot tell), or not counted, and why.
+RESET_KINDS = {
+    "received": True,                       # accepted by a live full socket
+    "received, maybe no full socket": None,  # orphaned FIN_WAIT2 or a silent death's span
+    "in, no full socket": False,            # request socket, TIME_WAIT, already gone
+    "in, ignored (sequence)": False,        # not RCV.NXT: challenge ACK or dropped
+    "sent by the socket": True,
+    "sent by the socket, aborting on data after close": True,  # FIN_WAIT1 orphan: see Conn.full_at
+    "sent without a full socket": True,     # from 10.250.11.2: attributed by address
+    "sent on loopback, maybe no full socket": None,
+    "sent on loopback without a socket": False,  # unattributable by design
+}
+
+
+def reset_kinds(truth: PortTruth) -> list[tuple[float, bool, str]]:
+    """Every RST of the port on the wire, (time, inbound, kind), kind a key of RESET_KINDS.
+
+    - received (tcp:tcp_receive_reset): an RST the kernel accepts (sequence number RCV.NXT;
+      any other is ignored or draws a challenge ACK) on a full socket of the port: after the
+      handshake completed (in the accept queue or accepted), while the socket lives, not in
+      TIME_WAIT. The first one kills the socket; later ones, and RSTs to a TIME_WAIT socket, a
+      request socket or no socket at all, are not counted.
+    - sent by a full socket (tcp:tcp_send_reset with the socket: the connection's own abort,
+      an answer to data after close in FIN_WAIT1, the accept queue's reset when the listener
+      closes): joined to the socket's cookie, always counted.
+    - sent without a full socket (no socket for the segment, a TIME_WAIT socket, a request
+      socket): the hit carries only addresses, and is counted only from an address of
+      backend 1's own other than loopback (10.250.11.2). Other network namespaces exist (the
+      LB, backend 2, the clients, each with its own 127.0.0.1), so a loopback RST without a
+      socket (e.g. on 127.0.0.1:8080: the app's port answering nginx after the app's socket is
+      gone) is not attributable: drainwatch_trace_unattributed_total, by design.
+
+    Where the capture cannot tell whether the socket was still a full one (Conn.full_at is
+    None: orphaned FIN_WAIT2, a silent death's uncertain span), the RST counts in the upper
+    bound only, unless it counts either way (one sent from 10.250.11.2).
+    """
+    by_packet: dict[tuple[float, bool, tuple[str, int]], str] = {}
+    for c in truth.conns:
+        for t in c.rst_in_ignored:
+            by_packet[(t, True, c.peer)] = "in, ignored (sequence)"
+        if c.rst_in is not None:
+            full = c.full_at(c.rst_in)
+            by_packet[(c.rst_in, True, c.peer)] = ("received" if full else "in, no full socket" if full is False
+                                                   else "received, maybe no full socket")
+        if c.rst_out is not None:
+            full = c.full_at(c.rst_out)
+            if full:
+                kind = ("sent by the socket, aborting on data after close"
+                        if c.fin_acked is not None and c.rst_out >= c.fin_acked else "sent by the socket")
+            elif not _is_loopback(c.peer[0]):
+                kind = "sent without a full socket"
+            else:
+                kind = "sent on loopback without a socket" if full is False else "sent on loopback, maybe no full socket"
+            by_packet[(c.rst_out, False, c.peer)] = kind
+    out = []
+    for t, inbound, peer in truth.resets:
+        kind = by_packet.get((t, inbound, peer))
+        if kind is None:  # no live socket for it on the wire's evidence
+            kind = ("in, no full socket" if inbound else
+                    "sent on loopback without a socket" if _is_loopback(peer[0]) else "sent without a full socket")
+        out.append((t, inbound, kind))
+    return out
+
+
 def reset_events(truth: PortTruth, samples: list[float], skew: float,
                  delay: float = 0.0) -> dict[str, list[Event]]:
-    """When drainwatch counts each RST of the port in `drainwatch_resets_total`.
-
-    What its tracepoints count (docs/metrics.md, docs/architecture.md):
-
-    - received: an RST that reaches a full socket of the port (tcp_receive_reset):
-      after the handshake completed, while the socket lives, not in TIME_WAIT.
-      The first RST kills the socket; later ones, and RSTs to a TIME_WAIT or
-      request socket, hit no full socket and are not counted.
-    - sent by a full socket (the connection's own abort, while it lives and is
-      not in TIME_WAIT): joined to the socket's cookie, always counted.
-    - sent without a full socket (no socket for the segment, TIME_WAIT, a
-      handshake): it carries only addresses, and is counted only from an
-      address of backend 1's own other than loopback. Other network namespaces
-      exist (the LB, backend 2, the clients, each with its own 127.0.0.1), so a
-      loopback RST without a socket (e.g. on 127.0.0.1:8080) is not attributable
-      and not counted.
-
-    A hit is counted at the first sample after it (the sample drains the
-    tracepoints), up to `delay` later when its connection's cookie becomes
-    known only at its destroy; instants are known to +-skew.
-    """
-    def event(t: float) -> Event | None:
-        first = _first_sample(samples, t - skew, INF)
-        last = _first_sample(samples, t + skew + delay, INF)
-        if first is None:
-            return None
-        return Event(first, last if last is not None else INF, last is not None)
-
+    """When drainwatch counts each RST of the port in `drainwatch_resets_total` (which ones:
+    reset_kinds). A hit is counted at the first sample after it (the sample drains the
+    tracepoints), up to `delay` later when its connection's cookie becomes known only at its
+    destroy."""
     out: dict[str, list[Event]] = {"resets_sent": [], "resets_received": []}
-    by_socket: set[tuple[float, tuple[str, int]]] = set()
+    for t, inbound, kind in reset_kinds(truth):
+        counts = RESET_KINDS[kind]
+        if counts is not False and (e := _counted_at(samples, t, skew, delay, certain=bool(counts))):
+            out["resets_received" if inbound else "resets_sent"].append(e)
+    return out
+
+
+def timeout_events(truth: PortTruth, samples: list[float], skew: float,
+                   delay: float = 0.0) -> list[Event]:
+    """When drainwatch counts each connection of the port in
+    `drainwatch_connection_timeouts_total` (sock:inet_sk_error_report with ETIMEDOUT).
+
+    Only a socket that retransmitted into a drop of the fault bookkeeping can time out here
+    (no keepalive, no zero window): it dies at the give-up, somewhere in its uncertain span
+    (Capture._mark_uncertain), and is counted at the first sample after. One the capture
+    cannot decide (the drop lifted before the give-up could be bounded, no answer telling)
+    is counted in the upper bound only, at any sample from its span's start.
+    """
+    out = []
     for c in truth.conns:
-        alive_full = lambda t: c.est is not None and t >= c.est and (c.tw is None or t < c.tw)  # noqa: E731
-        if c.rst_in is not None and alive_full(c.rst_in):
-            e = event(c.rst_in)
-            if e:
-                out["resets_received"].append(e)
-        if c.rst_out is not None and alive_full(c.rst_out):
-            by_socket.add((c.rst_out, c.peer))
-            e = event(c.rst_out)
-            if e:
-                out["resets_sent"].append(e)
-    for t, inbound, peer in truth.resets:
-        if inbound or (t, peer) in by_socket or _is_loopback(peer[0]):
+        if c.uncertain is None:
             continue
-        e = event(t)
-        if e:
-            out["resets_sent"].append(e)
+        dead = c.died is not None and (c.how == "timeout" or c.timed_out)
+        u0, u1 = c.uncertain
+        if e := _counted_at(samples, u0, skew, delay, certain=dead, until=c.died if dead else u1):
+            out.append(e)
     return out
