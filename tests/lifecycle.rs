@@ -453,3 +453,39 @@ fn every_scenario_fixture_replays() {
     }
     assert!(n >= 1);
 }
+
+#[test]
+fn a_socket_the_kernel_closed_but_the_application_holds_counts_once() {
+    // Reset or timed out: the kernel unhashes the socket (it leaves the dump) but frees it,
+    // and sends its destroy event, only when the application closes it, seconds later.
+    let mut scenario = String::from(
+        r#"
+        watched = [8080]
+        events = true
+        [[sample]]
+        at = "0s"
+        listeners = [{ port = 8080 }]
+        [[sample]]
+        at = "1s"
+        listeners = [{ port = 8080 }]
+        sockets = [{ cookie = 40, state = "established", port = 8080, peer = "10.250.0.1:40040", segs_in = 1, segs_out = 1 }]
+        "#,
+    );
+    for t in 2..12 {
+        scenario += &format!("[[sample]]\nat = \"{t}s\"\nlisteners = [{{ port = 8080 }}]\n");
+    }
+    scenario += r#"
+        [[sample]]
+        at = "12s"
+        listeners = [{ port = 8080 }]
+        destroyed = [{ cookie = 40, port = 8080, peer = "10.250.0.1:40040" }]
+        "#;
+    let (model, _) = replay(&scenario, Classifier::default());
+    let ca = all(&model, 8080);
+    assert_eq!((ca.opened_total, ca.closed_total), (1, 1));
+    assert_eq!(
+        model.tracker.missed_events(),
+        0,
+        "the event was late, not lost"
+    );
+}

@@ -63,6 +63,12 @@ const CLOSED: u8 = 2;
 const COUNTED_OPEN: u8 = 4;
 /// Absent from the last dump with no destroy event yet: given one more sample for it.
 const MISSING: u8 = 8;
+/// Counted closed when it left the dump without a destroy event: the socket may still exist,
+/// closed by the kernel (a reset, a timeout) while the application holds it; its destroy
+/// event comes when the application closes it, and must not count it again.
+const AWAIT_DESTROY: u8 = 16;
+/// How many samples such a tombstone waits for its destroy event (10 minutes at 1 s).
+const AWAIT_GENERATIONS: u32 = 600;
 
 /// What the tracker knows of one connection: kept small (one per connection of every watched
 /// port; 40 bytes).
@@ -270,6 +276,10 @@ impl Tracker {
             if let Some(t) = self.conns.get_mut(&record.cookie) {
                 if !t.has(CLOSED) {
                     step.close(record.cookie, t, record.info.as_ref(), false);
+                } else if t.has(AWAIT_DESTROY) {
+                    // Its event was late, not lost: the application held the closed socket.
+                    t.flags &= !AWAIT_DESTROY;
+                    self.missed_events = self.missed_events.saturating_sub(1);
                 }
                 t.generation = generation;
                 continue;
@@ -409,8 +419,14 @@ impl Tracker {
             }
             if t.has(CLOSED) {
                 // Tombstones outlive the socket by one sample, so that a late destroy event or
-                // TIME_WAIT sighting of the same cookie is not counted again.
-                return generation.wrapping_sub(t.generation) < 2;
+                // TIME_WAIT sighting of the same cookie is not counted again; those of sockets
+                // that left the dump without their event, until the event comes.
+                let keep = if t.has(AWAIT_DESTROY) {
+                    AWAIT_GENERATIONS
+                } else {
+                    2
+                };
+                return generation.wrapping_sub(t.generation) < keep;
             }
             // A port that is no longer watched is no longer dumped: its connections did not
             // close, we stopped looking.
@@ -425,6 +441,7 @@ impl Tracker {
             }
             if snapshot.events_complete || t.has(MISSING) {
                 missed += 1;
+                t.flags |= AWAIT_DESTROY;
             }
             step.close(cookie, t, None, false);
             true
