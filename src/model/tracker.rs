@@ -277,9 +277,9 @@ impl Tracker {
                 if !t.has(CLOSED) {
                     step.close(record.cookie, t, record.info.as_ref(), false);
                 } else if t.has(AWAIT_DESTROY) {
-                    // Its event was late, not lost: the application held the closed socket.
+                    // Its event was late (the application held the closed socket): the
+                    // tombstone has done its work. (`missed_events` is a counter: it stays.)
                     t.flags &= !AWAIT_DESTROY;
-                    self.missed_events = self.missed_events.saturating_sub(1);
                 }
                 t.generation = generation;
                 continue;
