@@ -483,9 +483,6 @@ fn a_socket_the_kernel_closed_but_the_application_holds_counts_once() {
     let (model, _) = replay(&scenario, Classifier::default());
     let ca = all(&model, 8080);
     assert_eq!((ca.opened_total, ca.closed_total), (1, 1));
-    assert_eq!(
-        model.tracker.missed_events(),
-        0,
-        "the event was late, not lost"
-    );
+    // Counted as a missing event when the socket left the dump (a counter never goes back).
+    assert_eq!(model.tracker.missed_events(), 1);
 }
