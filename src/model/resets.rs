@@ -203,7 +203,7 @@ impl Attributor {
                     state,
                     reason,
                     local,
-                    ..
+                    remote,
                 } => {
                     if !watched(local.port()) {
                         continue;
@@ -211,6 +211,15 @@ impl Attributor {
                     let listener_of_ours =
                         state == Some(TcpState::Listen) && ours(local.ip(), snapshot);
                     if full_socket(skaddr, state) && !listener_of_ours {
+                        // A connection the tracker follows is named by its addresses at once
+                        // (`ss -K`, an abortive close: the socket may be freed much later).
+                        let index = by_tuple.get_or_insert_with(|| tracker.open_by_tuple());
+                        if let Some(&cookie) = index.get(&TupleKey::new(local.port(), remote)) {
+                            let m = self.mark(cookie, local.port(), now);
+                            m.sent.push(reason);
+                            m.reset = true;
+                            continue;
+                        }
                         if let Some((cookie, port, _)) = self.recent_destroys.remove(&skaddr) {
                             let m = self.mark(cookie, port, now);
                             m.sent.push(reason);
