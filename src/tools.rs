@@ -286,17 +286,7 @@ impl Remote {
 }
 
 fn excess_of(v: &Verdict, t: &DrainThresholds) -> u64 {
-    excess(
-        &crate::model::drain::DrainSample {
-            at_ms: 0,
-            listening: true,
-            new: 0,
-            active: v.active,
-            websocket: v.websocket,
-            oldest_ms: 0,
-        },
-        t,
-    )
+    excess(v.active, v.websocket, t)
 }
 
 fn eta_text(v: &Verdict) -> String {

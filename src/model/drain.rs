@@ -208,14 +208,16 @@ impl PortDrain {
                 .iter()
                 .rev()
                 .find(|s| now.saturating_sub(s.at_ms) >= STALL_WINDOW_MS)
-                .is_some_and(|s| excess(s, t) <= excess(&last, t));
+                .is_some_and(|s| {
+                    excess(s.active, s.websocket, t) <= excess(last.active, last.websocket, t)
+                });
         let trend = self.trend(t);
         let eta_seconds = if Self::within(&last, t) {
             Some(0.0)
         } else {
             trend
                 .filter(|slope| *slope < 0.0)
-                .map(|slope| excess(&last, t) as f64 / -slope)
+                .map(|slope| excess(last.active, last.websocket, t) as f64 / -slope)
         };
         let mut reasons = Vec::new();
         if !observed_quiet {
@@ -279,7 +281,12 @@ impl PortDrain {
             .history
             .iter()
             .filter(|s| last.at_ms.saturating_sub(s.at_ms) <= ETA_WINDOW_MS)
-            .map(|s| (s.at_ms as f64 / 1000.0, excess(s, t) as f64))
+            .map(|s| {
+                (
+                    s.at_ms as f64 / 1000.0,
+                    excess(s.active, s.websocket, t) as f64,
+                )
+            })
             .collect();
         if points.len() < 3 {
             return None;
@@ -296,11 +303,12 @@ impl PortDrain {
     }
 }
 
-/// How far a sample is above the thresholds (the larger of the two excesses).
-pub fn excess(s: &DrainSample, t: &DrainThresholds) -> u64 {
-    s.active
+/// How far `active` connections and `websocket` sessions are above the thresholds (the larger
+/// of the two excesses).
+pub fn excess(active: u64, websocket: u64, t: &DrainThresholds) -> u64 {
+    active
         .saturating_sub(t.max_active)
-        .max(s.websocket.saturating_sub(t.max_websocket))
+        .max(websocket.saturating_sub(t.max_websocket))
 }
 
 fn format_duration(ms: u64) -> String {

@@ -297,7 +297,6 @@ impl Attributor {
         // Sockets of the watched namespace the tracker does not follow (e.g. accepted by the
         // kernel but never by the application, reset when the listener closed: no listener
         // is left to tell them inbound): their destroy event proves they were ours.
-        let pending = |m: &Mark| !m.sent.is_empty() || m.received > 0 || m.timeout_pending;
         if snapshot.trace_running {
             for r in &snapshot.destroyed {
                 self.recent_ours.insert(r.cookie, (r.local_port, now));
@@ -305,17 +304,10 @@ impl Attributor {
             self.recent_ours
                 .retain(|_, &mut (_, seen)| now.saturating_sub(seen) < RECENT_DESTROY_MS);
         }
-        let destroyed: HashMap<u64, u16> = if self.marks.values().any(pending) {
-            self.recent_ours
-                .iter()
-                .map(|(&cookie, &(port, _))| (cookie, port))
-                .collect()
-        } else {
-            HashMap::new()
-        };
+        let recent_ours = &self.recent_ours;
         self.marks.retain(|&cookie, m| {
             let known = tracker.port_and_class(cookie).or_else(|| {
-                let port = *destroyed.get(&cookie)?;
+                let &(port, _) = recent_ours.get(&cookie)?;
                 let port = if port != 0 { port } else { m.port };
                 (port != 0).then_some((port, UNCLASSIFIED))
             });
@@ -337,7 +329,7 @@ impl Attributor {
                 if std::mem::take(&mut m.timeout_pending) {
                     out.push(Outcome::Timeout { port, class });
                 }
-                if tracker.closed(cookie) || destroyed.contains_key(&cookie) {
+                if tracker.closed(cookie) || recent_ours.contains_key(&cookie) {
                     // Counted, and the close already has its reason: nothing left to keep.
                     return false;
                 }
