@@ -292,11 +292,12 @@ fn twenty_connections_whose_peer_vanishes_are_twenty_timeouts() {
     // are taken from the kernel's ETIMEDOUT report and not inferred from tcp_info.
     let server_ns = Netns::new("dwt-to-s");
     let client_ns = Netns::new("dwt-to-c");
+    // Both ends created inside the namespaces: nothing is left in the root namespace if the
+    // test fails, since deleting the namespaces deletes the pair.
     run(&[
-        "ip", "link", "add", "dwt-to0", "type", "veth", "peer", "name", "dwt-to1",
+        "ip", "link", "add", "dwt-to0", "netns", "dwt-to-s", "type", "veth", "peer", "name",
+        "dwt-to1", "netns", "dwt-to-c",
     ]);
-    run(&["ip", "link", "set", "dwt-to0", "netns", "dwt-to-s"]);
-    run(&["ip", "link", "set", "dwt-to1", "netns", "dwt-to-c"]);
     server_ns.exec(&["ip", "addr", "add", "10.250.77.1/24", "dev", "dwt-to0"]);
     client_ns.exec(&["ip", "addr", "add", "10.250.77.2/24", "dev", "dwt-to1"]);
     server_ns.exec(&["ip", "link", "set", "dwt-to0", "up"]);
