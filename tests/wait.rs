@@ -298,7 +298,18 @@ impl Exporter {
             .spawn()
             .unwrap();
         let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", web)).is_err() {
+        // Ready once /healthz answers 200: after its first sample (before it, /drain knows
+        // no port yet).
+        let healthy = || -> bool {
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", web)) else {
+                return false;
+            };
+            let _ = s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n");
+            let mut reply = String::new();
+            let _ = s.read_to_string(&mut reply);
+            reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200")
+        };
+        while !healthy() {
             assert!(
                 started.elapsed() < Duration::from_secs(5),
                 "exporter not up"
