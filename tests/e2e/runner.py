@@ -410,6 +410,19 @@ def judge(scenario: dict, out: Path) -> bool:
     return passed
 
 
+def print_failed_rows(out: Path) -> None:
+    """Repeats a failed scenario's failed checks at the very end, where a truncated CI log still shows them."""
+    try:
+        rows = json.loads((out / "report.json").read_text())["rows"]
+    except (OSError, ValueError, KeyError):
+        print(f"    no report in {out} (the scenario broke before judging; see its traceback above)")
+        return
+    for r in rows:
+        if r.get("passed") is False:
+            print(f"    failed: {r['check']} [{r['phase']}] {r['quantity']}: expected {r['expected']}, "
+                  f"observed {r['observed']} (error {r['error']}, tolerance {r['tolerance']}) {r.get('why', '')}")
+
+
 def _capture_json(capture: tr.Capture) -> dict:
     ports = {}
     for port, truth in capture.ports.items():
@@ -495,6 +508,8 @@ def main() -> int:
             topo.cleanup()  # normally a no-op: each scenario cleans up after itself
     for name, ok in results.items():
         print(f"{name}: {'PASS' if ok else 'FAIL'}")
+        if not ok:
+            print_failed_rows(args.out / name)
     print(f"e2e scenarios took {time.monotonic() - started:.0f}s")
     print(f"{sum(results.values())} passed, {len(results) - sum(results.values())} failed")
     return 0 if all(results.values()) else 1
