@@ -93,6 +93,50 @@ fn drain_scenario_matches_golden_exposition() {
     assert!(!text.contains("# EOF"));
 }
 
+/// Every histogram series is a histogram: buckets never decrease and `+Inf` equals `_count`.
+/// (The encoder once accumulated already cumulative counts: `+Inf` was 18 for a count of 1,
+/// and promtool accepted it.)
+#[test]
+fn histograms_are_cumulative_once() {
+    let (_, text) = render("drain");
+    let mut last: Option<(String, u64)> = None;
+    let mut checked = 0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        if let Some((name, labels)) = series.split_once("_bucket{") {
+            let (le, rest) = labels
+                .split_once(',')
+                .unwrap_or((labels.trim_end_matches('}'), ""));
+            let count_labels = if rest.is_empty() {
+                String::new()
+            } else {
+                format!("{{{rest}")
+            };
+            let key = format!("{name}{{{rest}");
+            let n: u64 = value.parse().unwrap();
+            if let Some((k, prev)) = &last {
+                if *k == key {
+                    assert!(n >= *prev, "{line}: bucket below the previous one ({prev})");
+                }
+            }
+            if le == "le=\"+Inf\"" {
+                let count = text
+                    .lines()
+                    .find_map(|l| {
+                        let (s, v) = l.rsplit_once(' ')?;
+                        let (n, labels) = s.split_once("_count")?;
+                        (n == name && labels == count_labels).then(|| v.parse::<u64>().unwrap())
+                    })
+                    .unwrap_or_else(|| panic!("no _count for {line}"));
+                assert_eq!(n, count, "{line}: +Inf bucket is not the count");
+                checked += 1;
+            }
+            last = Some((key, n));
+        }
+    }
+    assert_eq!(checked, 6, "5 lifetime histograms and the sample duration");
+}
+
 #[test]
 fn drain_scenario_numbers() {
     let (_, text) = render("drain");

@@ -162,10 +162,10 @@ fn counter(m: &mut MetricEncoder, labels: &Labels, v: u64) -> std::fmt::Result {
 
 fn histogram(m: &mut MetricEncoder, labels: &Labels, h: &Histogram) -> std::fmt::Result {
     if labels.is_empty() {
-        return m.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.cumulative(), None);
+        return m.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets(), None);
     }
     m.encode_family(labels)?
-        .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.cumulative(), None)
+        .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets(), None)
 }
 
 impl Collector for PublishedCollector {

@@ -75,6 +75,17 @@ impl Histogram {
             .map(|(b, _)| b)
     }
 
+    /// `(upper bound, count in that bucket alone)` pairs, ending with `+Inf`: what
+    /// prometheus-client's histogram encoder takes (it accumulates them itself).
+    pub fn buckets(&self) -> Vec<(f64, u64)> {
+        self.bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.counts.iter().copied())
+            .collect()
+    }
+
     /// `(upper bound, cumulative count)` pairs, ending with `+Inf`.
     pub fn cumulative(&self) -> Vec<(f64, u64)> {
         let mut acc = 0;
