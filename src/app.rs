@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::config::Config;
-use crate::exposition::http::{app, AppState, DrainControl, DrainMarks};
+use crate::config::{Config, NetnsTarget};
+use crate::exposition::http::{app, AppState, DrainControl, DrainMarks, Scope};
 use crate::exposition::metrics::{ConnectionInfo, Published, SelfStats, SharedState};
 use crate::model::classify::Classifier;
 use crate::model::socket::Snapshot;
@@ -266,52 +266,135 @@ pub fn connection_list(model: &Model, snapshot: &Snapshot) -> Vec<ConnectionInfo
         .collect()
 }
 
-/// Runs the sampler on its own OS thread until `stop` is set, publishing after every sample.
+/// Runs the sampler of scope `scope` on its own OS thread until `stop` is set, publishing after
+/// every sample. With `netns`, the thread first enters that network namespace, so that its
+/// dumps, destroy events, interface addresses and /proc/thread-self/net are that namespace's;
+/// an error entering it is returned before any sample.
 pub fn spawn_sampler(
     config: Config,
+    scope: usize,
+    netns: Option<NetnsTarget>,
     shared: SharedState,
     marks: DrainMarks,
     stop: Arc<AtomicBool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("sampler".into())
-        .spawn(move || {
-            let interval = config.interval;
-            let mut pipeline = Pipeline::new(config);
-            let mut next = Instant::now();
-            while !stop.load(Ordering::Relaxed) {
-                let marked: Vec<u16> =
-                    std::mem::take(&mut *marks.lock().unwrap_or_else(|p| p.into_inner()));
-                for port in marked {
-                    pipeline.mark_drain(port);
-                }
-                pipeline.step();
-                pipeline.read_host();
-                shared.store(Arc::new(pipeline.published()));
-                next += interval;
-                let now = Instant::now();
-                if next < now {
-                    // Fell behind (a slow dump): skip the missed ticks instead of bursting.
-                    next = now + interval;
-                }
-                while !stop.load(Ordering::Relaxed) {
-                    let now = Instant::now();
-                    if now >= next {
-                        break;
-                    }
-                    std::thread::sleep((next - now).min(Duration::from_millis(100)));
-                }
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let name = match &netns {
+        Some(t) => format!("sampler-{}", t.label),
+        None => "sampler".to_string(),
+    };
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::Builder::new().name(name).spawn(move || {
+        if let Some(t) = &netns {
+            let entered = crate::source::netns::enter(&t.path).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot enter network namespace {} ({}): {e}",
+                    t.label,
+                    t.path.display()
+                )
+            });
+            let failed = entered.is_err();
+            let _ = entered_tx.send(entered);
+            if failed {
+                return;
             }
-        })
+        } else {
+            let _ = entered_tx.send(Ok(()));
+        }
+        let interval = config.interval;
+        let mut pipeline = Pipeline::new(config);
+        let mut next = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let marked: Vec<u16> = {
+                let mut marks = marks.lock().unwrap_or_else(|p| p.into_inner());
+                let (ours, others) = marks.drain(..).partition(|(s, _)| *s == scope);
+                *marks = others;
+                ours.into_iter().map(|(_, port)| port).collect::<Vec<_>>()
+            };
+            for port in marked {
+                pipeline.mark_drain(port);
+            }
+            pipeline.step();
+            pipeline.read_host();
+            shared.store(Arc::new(pipeline.published()));
+            next += interval;
+            let now = Instant::now();
+            if next < now {
+                // Fell behind (a slow dump): skip the missed ticks instead of bursting.
+                next = now + interval;
+            }
+            while !stop.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                if now >= next {
+                    break;
+                }
+                std::thread::sleep((next - now).min(Duration::from_millis(100)));
+            }
+        }
+    })?;
+    match entered_rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => {
+            let _ = handle.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = handle.join();
+            Err(anyhow::anyhow!(
+                "the sampler thread ended before its first sample"
+            ))
+        }
+    }
+}
+
+fn empty_state() -> SharedState {
+    Arc::new(ArcSwap::from_pointee(Published {
+        version: VERSION,
+        revision: REVISION,
+        ..Published::default()
+    }))
+}
+
+/// Starts one sampler per watched network namespace (drainwatch's own when none is
+/// configured). On an error every sampler already started is stopped before returning it.
+fn start_samplers(
+    config: &Config,
+    marks: &DrainMarks,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<(Vec<Scope>, Vec<std::thread::JoinHandle<()>>)> {
+    let targets: Vec<Option<NetnsTarget>> = if config.netns.is_empty() {
+        vec![None]
+    } else {
+        config.netns.iter().cloned().map(Some).collect()
+    };
+    let mut scopes = Vec::with_capacity(targets.len());
+    let mut samplers = Vec::with_capacity(targets.len());
+    for (i, target) in targets.into_iter().enumerate() {
+        let shared = empty_state();
+        let netns = target.as_ref().map(|t| t.label.clone());
+        match spawn_sampler(
+            config.clone(),
+            i,
+            target,
+            shared.clone(),
+            marks.clone(),
+            stop.clone(),
+        ) {
+            Ok(handle) => samplers.push(handle),
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                for s in samplers {
+                    let _ = s.join();
+                }
+                return Err(e);
+            }
+        }
+        scopes.push(Scope { netns, shared });
+    }
+    Ok((scopes, samplers))
 }
 
 /// Serves the exporter until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let shared: SharedState = Arc::new(ArcSwap::from_pointee(Published {
-        version: VERSION,
-        revision: REVISION,
-        ..Published::default()
-    }));
     let stop = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(config.listen_address)
         .await
@@ -329,13 +412,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         config.listen_address,
         marks.clone(),
     );
-    let sampler = spawn_sampler(config, shared.clone(), marks, stop.clone())?;
-    let router = app(AppState::new(shared).with_drain_control(control));
+    let (scopes, samplers) = start_samplers(&config, &marks, &stop)?;
+    let router = app(AppState::scoped(scopes).with_drain_control(control));
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     stop.store(true, Ordering::Relaxed);
-    let _ = tokio::task::spawn_blocking(move || sampler.join()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        for s in samplers {
+            let _ = s.join();
+        }
+    })
+    .await;
     tracing::info!("stopped");
     Ok(())
 }

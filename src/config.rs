@@ -127,6 +127,11 @@ pub struct RunArgs {
     /// Cap on discovered ports when no port is configured [default: 32].
     #[arg(long = "watch.max-ports", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub max_ports: Option<u16>,
+    /// Network namespace to watch instead of drainwatch's own (repeatable): a name under
+    /// /run/netns, a path to a namespace file, or pid:PID. Series get a `netns` label when
+    /// more than one is watched.
+    #[arg(long = "netns", value_name = "NAME|PATH|pid:PID", value_parser = parse_netns)]
+    pub netns: Vec<NetnsTarget>,
     /// Class of the connections of a port (repeatable), e.g. 8081=websocket.
     #[arg(long = "class.port", value_name = "PORT=CLASS", value_parser = parse_class_rule)]
     pub class_rules: Vec<(u16, String)>,
@@ -197,6 +202,8 @@ pub struct Config {
     /// Empty: discover listening ports.
     pub ports: BTreeSet<u16>,
     pub max_ports: usize,
+    /// Namespaces to watch; empty: drainwatch's own.
+    pub netns: Vec<NetnsTarget>,
     /// Class rules, port rules and peer rules.
     pub class_rules: Vec<Rule>,
     pub thresholds: Thresholds,
@@ -217,6 +224,7 @@ impl Default for Config {
             interval: DEFAULT_INTERVAL,
             ports: BTreeSet::new(),
             max_ports: DEFAULT_MAX_PORTS,
+            netns: Vec::new(),
             class_rules: Vec::new(),
             thresholds: Thresholds::default(),
             connections_api: false,
@@ -311,6 +319,8 @@ struct FileWatch {
     #[serde(default, deserialize_with = "de_ports")]
     ports: Vec<u16>,
     max_ports: Option<u16>,
+    #[serde(default, deserialize_with = "de_netns")]
+    netns: Vec<NetnsTarget>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -328,6 +338,50 @@ struct FileClassRule {
     #[serde(default, deserialize_with = "de_network")]
     peer: Option<Network>,
     class: String,
+}
+
+/// A network namespace to watch: where its namespace file is and what its series are labelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetnsTarget {
+    /// The `netns` label: the name, path or `pid:PID` as given.
+    pub label: String,
+    pub path: PathBuf,
+}
+
+/// Parses `NAME` (a namespace of `ip netns`, /run/netns/NAME), an absolute `PATH` to a
+/// namespace file, or `pid:PID` (the namespace of that process, /proc/PID/ns/net).
+pub fn parse_netns(s: &str) -> Result<NetnsTarget, String> {
+    let path = if let Some(pid) = s.strip_prefix("pid:") {
+        match pid.parse::<u32>() {
+            Ok(n) if n > 0 => PathBuf::from(format!("/proc/{n}/ns/net")),
+            _ => return Err(format!("{s:?}: pid:PID needs a process id")),
+        }
+    } else if s.starts_with('/') {
+        PathBuf::from(s)
+    } else if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && s != "."
+        && s != ".."
+    {
+        Path::new("/run/netns").join(s)
+    } else {
+        return Err(format!(
+            "{s:?} is not a namespace name (letters, digits, . _ -), an absolute path or pid:PID"
+        ));
+    };
+    Ok(NetnsTarget {
+        label: s.to_string(),
+        path,
+    })
+}
+
+fn de_netns<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<NetnsTarget>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| parse_netns(s))
+        .collect::<Result<_, _>>()
+        .map_err(serde::de::Error::custom)
 }
 
 /// Parses a port number, 1 to 65535.
@@ -575,6 +629,20 @@ impl Config {
                 ));
             }
             config.max_ports = usize::from(m);
+        }
+        config.netns = if args.netns.is_empty() {
+            file.watch.netns
+        } else {
+            args.netns.clone()
+        };
+        let mut labels = BTreeSet::new();
+        for t in &config.netns {
+            if !labels.insert(t.label.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "network namespace {:?} is given twice",
+                    t.label
+                )));
+            }
         }
         if config.ports.len() > crate::source::request::MAX_FILTER_PORTS {
             return Err(ConfigError::Invalid(format!(

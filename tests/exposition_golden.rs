@@ -10,7 +10,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use drainwatch::app::publish;
 use drainwatch::exposition::metrics::{
-    encode_openmetrics, openmetrics_to_prometheus_text, registry, SelfStats,
+    encode_openmetrics, openmetrics_to_prometheus_text, registry, scoped_registry, Published,
+    SelfStats,
 };
 use drainwatch::model::classify::Classifier;
 use drainwatch::model::Model;
@@ -23,6 +24,14 @@ fn root() -> PathBuf {
 
 /// Replays a scenario with the fixture /proc and fixed self statistics (no clock involved).
 fn render(scenario: &str) -> (String, String) {
+    let registry = registry(Arc::new(ArcSwap::from_pointee(published(scenario))));
+    let om = encode_openmetrics(&registry).unwrap();
+    let text = openmetrics_to_prometheus_text(&om);
+    (om, text)
+}
+
+/// What the sampler would publish after replaying `scenario`.
+fn published(scenario: &str) -> Published {
     let text =
         std::fs::read_to_string(root().join(format!("tests/fixtures/scenarios/{scenario}.toml")))
             .unwrap();
@@ -52,10 +61,7 @@ fn render(scenario: &str) -> (String, String) {
     let host = read_host_counters(&root().join("tests/fixtures/proc")).unwrap();
     let mut published = publish(&model, Some(host), stats);
     published.revision = "golden";
-    let registry = registry(Arc::new(ArcSwap::from_pointee(published)));
-    let om = encode_openmetrics(&registry).unwrap();
-    let text = openmetrics_to_prometheus_text(&om);
-    (om, text)
+    published
 }
 
 fn check_golden(path: &Path, actual: &str) {
@@ -257,4 +263,49 @@ fn drain_scenario_numbers() {
 fn promtool_accepts_the_golden_exposition() {
     let (_, text) = render("drain");
     common::promtool_check_metrics(&text);
+}
+
+#[test]
+fn several_namespaces_label_every_series_but_the_build() {
+    let (_, single) = render("drain");
+    let state = || Arc::new(ArcSwap::from_pointee(published("drain")));
+    let registry = scoped_registry(vec![
+        (Some("backend-1".to_string()), state()),
+        (Some("pid:42".to_string()), state()),
+    ]);
+    let text = openmetrics_to_prometheus_text(&encode_openmetrics(&registry).unwrap());
+    common::promtool_check_metrics(&text);
+    let samples = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(String::from)
+            .collect()
+    };
+    let (one, both) = (samples(&single), samples(&text));
+    // Every series of the single namespace appears once per namespace, labelled; the build
+    // info once, unlabelled.
+    assert_eq!(both.len(), 2 * one.len() - 1);
+    for ns in ["backend-1", "pid:42"] {
+        let label = format!("netns=\"{ns}\"");
+        let mine: Vec<String> = both
+            .iter()
+            .filter(|l| l.contains(&label))
+            .map(|l| {
+                l.replacen(&format!("{{{label},"), "{", 1)
+                    .replacen(&format!(",{label}"), "", 1)
+                    .replacen(&format!("{{{label}}}"), "", 1)
+            })
+            .collect();
+        let expected: Vec<&String> = one
+            .iter()
+            .filter(|l| !l.starts_with("drainwatch_build_info"))
+            .collect();
+        assert_eq!(mine.iter().collect::<Vec<_>>(), expected, "{ns}");
+    }
+    assert_eq!(
+        both.iter()
+            .filter(|l| l.starts_with("drainwatch_build_info"))
+            .collect::<Vec<_>>(),
+        vec!["drainwatch_build_info{version=\"0.1.0\",revision=\"golden\"} 1.0"]
+    );
 }

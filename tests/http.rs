@@ -261,7 +261,7 @@ async fn drain_start_needs_the_token_or_a_loopback_listener_and_changes_nothing_
         post(router(with_token()), "/drain/start?port=8080", Some(token)).await,
         StatusCode::ACCEPTED
     );
-    assert_eq!(*marks.lock().unwrap(), vec![8080]);
+    assert_eq!(*marks.lock().unwrap(), vec![(0, 8080)]);
 
     // No token, listening on every address: refused (403).
     let marks = DrainMarks::default();
@@ -288,7 +288,7 @@ async fn drain_start_needs_the_token_or_a_loopback_listener_and_changes_nothing_
         post(router(local()), "/drain/start?port=8080", None).await,
         StatusCode::ACCEPTED
     );
-    assert_eq!(*marks.lock().unwrap(), vec![8080]);
+    assert_eq!(*marks.lock().unwrap(), vec![(0, 8080)]);
     // GET is not a way to mark.
     let (status, _, _) = get(state, "/drain/start?port=8080", None).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);

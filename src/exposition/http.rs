@@ -14,6 +14,9 @@
 //!   `--web.drain-token-file`; without a token file it is allowed only when the exporter listens
 //!   on a loopback address, and refused (403) otherwise.
 //!
+//! With several network namespaces watched (`--netns`, more than one), the last three take
+//! `netns=NAME` as well, and answer 400 without it.
+//!
 //! Handlers only read what the sampler published; no request ever dumps the kernel.
 
 use std::fmt::Write as _;
@@ -33,8 +36,16 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Drain starts marked over HTTP, waiting for the sampler to take them (ports).
-pub type DrainMarks = Arc<Mutex<Vec<u16>>>;
+/// Drain starts marked over HTTP, waiting for the samplers to take them: (scope index, port).
+pub type DrainMarks = Arc<Mutex<Vec<(usize, u16)>>>;
+
+/// The state published for one watched network namespace.
+#[derive(Clone)]
+pub struct Scope {
+    /// The namespace as configured (`--netns`); `None` for drainwatch's own.
+    pub netns: Option<String>,
+    pub shared: SharedState,
+}
 
 /// Who may mark a drain start, and where the marks go.
 #[derive(Clone, Debug)]
@@ -56,19 +67,77 @@ impl DrainControl {
 
 #[derive(Clone)]
 pub struct AppState {
-    pub shared: SharedState,
+    /// One per watched network namespace, in configuration order.
+    pub scopes: Arc<Vec<Scope>>,
     pub registry: Arc<Registry>,
     /// `None`: drain marking is not wired (refused).
     pub drain: Option<DrainControl>,
 }
 
 impl AppState {
+    /// A single namespace, drainwatch's own.
     pub fn new(shared: SharedState) -> Self {
-        let registry = Arc::new(super::metrics::registry(shared.clone()));
-        AppState {
+        AppState::scoped(vec![Scope {
+            netns: None,
             shared,
+        }])
+    }
+
+    /// Several namespaces: their series carry a `netns` label when there is more than one, and
+    /// `/drain`, `/drain/start` and `/api/v1/connections` then need `netns=NAME`.
+    pub fn scoped(scopes: Vec<Scope>) -> Self {
+        let labelled = scopes.len() > 1;
+        let registry = Arc::new(super::metrics::scoped_registry(
+            scopes
+                .iter()
+                .map(|s| (s.netns.clone().filter(|_| labelled), s.shared.clone()))
+                .collect(),
+        ));
+        AppState {
+            scopes: Arc::new(scopes),
             registry,
             drain: None,
+        }
+    }
+
+    /// The scope a request names with `netns`, or the only one. Unknown names are 404, a
+    /// missing name with several namespaces watched is 400; both list the watched ones.
+    fn scope(&self, netns: Option<&str>) -> Result<(usize, &Scope), Box<Response>> {
+        let watched = || {
+            self.scopes
+                .iter()
+                .filter_map(|s| s.netns.clone())
+                .collect::<Vec<_>>()
+        };
+        match netns {
+            Some(name) => self
+                .scopes
+                .iter()
+                .enumerate()
+                .find(|(_, s)| s.netns.as_deref() == Some(name))
+                .ok_or_else(|| {
+                    Box::new(
+                        (
+                            StatusCode::NOT_FOUND,
+                            axum::Json(serde_json::json!({
+                                "error": format!("network namespace {name:?} is not watched"),
+                                "watched_netns": watched(),
+                            })),
+                        )
+                            .into_response(),
+                    )
+                }),
+            None if self.scopes.len() == 1 => Ok((0, &self.scopes[0])),
+            None => Err(Box::new(
+                (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(serde_json::json!({
+                        "error": "netns is required: several network namespaces are watched",
+                        "watched_netns": watched(),
+                    })),
+                )
+                    .into_response(),
+            )),
         }
     }
 
@@ -112,7 +181,11 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
-    if state.shared.load().stats.last_sample_unix_seconds > 0.0 {
+    if state
+        .scopes
+        .iter()
+        .all(|s| s.shared.load().stats.last_sample_unix_seconds > 0.0)
+    {
         (StatusCode::OK, "ok\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "no sample yet\n").into_response()
@@ -120,14 +193,22 @@ async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 async fn index(State(state): State<AppState>) -> Html<String> {
-    let published = state.shared.load();
     let mut ports = String::new();
-    for (port, agg) in &published.aggregates.ports {
-        let _ = write!(
-            ports,
-            "<li>{port}{}</li>",
-            if agg.listening { "" } else { " (no listener)" }
-        );
+    let mut version = "";
+    for scope in state.scopes.iter() {
+        let published = scope.shared.load();
+        version = published.version;
+        let netns = match &scope.netns {
+            Some(ns) => format!(" (netns {})", html_escape(ns)),
+            None => String::new(),
+        };
+        for (port, agg) in &published.aggregates.ports {
+            let _ = write!(
+                ports,
+                "<li>{port}{netns}{}</li>",
+                if agg.listening { "" } else { " (no listener)" }
+            );
+        }
     }
     if ports.is_empty() {
         ports.push_str("<li>none yet</li>");
@@ -139,17 +220,28 @@ async fn index(State(state): State<AppState>) -> Html<String> {
          <ul><li><a href=\"/metrics\">/metrics</a>: Prometheus metrics</li>\
          <li><a href=\"/healthz\">/healthz</a>: 200 once a sample was taken</li></ul>\
          <h2>Watched ports</h2><ul>{ports}</ul></body></html>\n",
-        published.version
+        version
     ))
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 #[derive(Debug, serde::Deserialize)]
 struct ConnectionsQuery {
     port: Option<String>,
+    netns: Option<String>,
 }
 
 async fn connections(State(state): State<AppState>, Query(q): Query<ConnectionsQuery>) -> Response {
-    let published = state.shared.load();
+    let published = match state.scope(q.netns.as_deref()) {
+        Ok((_, scope)) => scope.shared.load(),
+        Err(r) => return *r,
+    };
     let Some(list) = &published.connections else {
         return (
             StatusCode::NOT_FOUND,
@@ -180,6 +272,7 @@ struct DrainQuery {
     max_websocket: Option<u64>,
     quiet: Option<String>,
     hold_samples: Option<usize>,
+    netns: Option<String>,
 }
 
 fn bad_request(message: String) -> Response {
@@ -204,7 +297,10 @@ async fn drain(State(state): State<AppState>, Query(q): Query<DrainQuery>) -> Re
         Ok(p) => p,
         Err(r) => return *r,
     };
-    let published = state.shared.load();
+    let (published, netns) = match state.scope(q.netns.as_deref()) {
+        Ok((_, scope)) => (scope.shared.load(), scope.netns.clone()),
+        Err(r) => return *r,
+    };
     let mut t = published.drain_thresholds;
     if let Some(v) = q.max_active {
         t.max_active = v;
@@ -260,6 +356,7 @@ async fn drain(State(state): State<AppState>, Query(q): Query<DrainQuery>) -> Re
         })
         .unwrap_or_default();
     let body = serde_json::json!({
+        "netns": netns,
         "verdict": verdict,
         "thresholds": {
             "max_active": t.max_active,
@@ -277,6 +374,7 @@ async fn drain(State(state): State<AppState>, Query(q): Query<DrainQuery>) -> Re
 #[derive(Debug, serde::Deserialize)]
 struct DrainStartQuery {
     port: Option<String>,
+    netns: Option<String>,
 }
 
 async fn drain_start(
@@ -315,14 +413,18 @@ async fn drain_start(
         Ok(p) => p,
         Err(r) => return *r,
     };
-    if !state.shared.load().drains.contains_key(&port) {
+    let (index, scope) = match state.scope(q.netns.as_deref()) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    if !scope.shared.load().drains.contains_key(&port) {
         return refuse(StatusCode::NOT_FOUND, "port not watched");
     }
     control
         .marks
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .push(port);
+        .push((index, port));
     (
         StatusCode::ACCEPTED,
         axum::Json(serde_json::json!({ "port": port, "marked": true })),

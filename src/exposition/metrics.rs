@@ -14,9 +14,9 @@ use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::model::aggregate::{Aggregates, Histogram, OPEN_BOUNDS};
+use crate::model::aggregate::{Aggregates, ClassAggregate, Histogram, OPEN_BOUNDS};
 use crate::model::classify::ClassTable;
-use crate::model::drain::{DrainThresholds, PortDrain, PHASES};
+use crate::model::drain::{DrainThresholds, PortDrain, Verdict, PHASES};
 use crate::model::resets::CLOSE_REASONS;
 use crate::model::socket::GAUGE_STATES;
 use crate::source::procfs::{HostCounters, ABORT_REASONS};
@@ -122,13 +122,20 @@ pub struct Published {
 /// Shared handle the sampler stores into and scrapes load from.
 pub type SharedState = Arc<ArcSwap<Published>>;
 
+/// Encodes the state published for each watched network namespace: `(netns label, state)`,
+/// the label `None` when a single namespace is watched.
 #[derive(Debug)]
-struct PublishedCollector(SharedState);
+struct PublishedCollector(Vec<(Option<String>, SharedState)>);
 
 /// A registry that encodes whatever is published in `state` at scrape time.
 pub fn registry(state: SharedState) -> Registry {
+    scoped_registry(vec![(None, state)])
+}
+
+/// A registry over several namespaces' states, their series told apart by a `netns` label.
+pub fn scoped_registry(scopes: Vec<(Option<String>, SharedState)>) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(PublishedCollector(state)));
+    registry.register_collector(Box::new(PublishedCollector(scopes)));
     registry
 }
 
@@ -170,21 +177,98 @@ fn histogram(m: &mut MetricEncoder, labels: &Labels, h: &Histogram) -> std::fmt:
 
 impl Collector for PublishedCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let p = self.0.load();
-        encode_published(&p, &mut enc)
+        let loaded: Vec<_> = self
+            .0
+            .iter()
+            .map(|(ns, s)| (ns.as_deref(), s.load()))
+            .collect();
+        let scopes: Vec<(Option<&str>, &Published)> =
+            loaded.iter().map(|(ns, p)| (*ns, &***p)).collect();
+        encode_scopes(&scopes, &mut enc)
     }
 }
 
-fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Result {
-    let agg = &p.aggregates;
-    let ports: BTreeMap<u16, String> = agg.ports.keys().map(|&k| (k, k.to_string())).collect();
-    // (port label, class label, aggregate) for every {port, class}.
-    let classes: Vec<_> = agg
-        .ports
+/// One watched network namespace's published state, as the encoder walks it.
+struct View<'a> {
+    /// The `netns` label, only when several namespaces are watched.
+    netns: Option<&'a str>,
+    p: &'a Published,
+    ports: &'a BTreeMap<u16, String>,
+    /// (port label, class label, aggregate) for every {port, class}.
+    classes: Vec<(&'a str, &'a str, &'a ClassAggregate)>,
+    /// (port label, history, verdict at the configured thresholds) for every port.
+    verdicts: Vec<(&'a str, &'a PortDrain, Verdict)>,
+}
+
+impl<'a> View<'a> {
+    fn new(netns: Option<&'a str>, p: &'a Published, ports: &'a BTreeMap<u16, String>) -> Self {
+        let classes = p
+            .aggregates
+            .ports
+            .iter()
+            .flat_map(|(port, pa)| pa.classes.iter().map(move |(class, ca)| (port, *class, ca)))
+            .map(|(port, class, ca)| (ports[port].as_str(), p.classes.name(class), ca))
+            .collect();
+        let verdicts = p
+            .drains
+            .iter()
+            .filter_map(|(port, d)| {
+                Some((
+                    ports.get(port)?.as_str(),
+                    d,
+                    d.verdict(*port, &p.drain_thresholds),
+                ))
+            })
+            .collect();
+        View {
+            netns,
+            p,
+            ports,
+            classes,
+            verdicts,
+        }
+    }
+
+    /// `rest`, preceded by the `netns` label when there is one.
+    fn l(&self, rest: &[(&'static str, &'a str)]) -> Labels<'a> {
+        let mut labels = Vec::with_capacity(rest.len() + 1);
+        if let Some(ns) = self.netns {
+            labels.push(("netns", ns));
+        }
+        labels.extend_from_slice(rest);
+        labels
+    }
+
+    fn port(&self, port: &u16) -> &'a str {
+        self.ports[port].as_str()
+    }
+}
+
+/// Encodes every scope's series, family by family: a family holds the series of every watched
+/// namespace (told apart by `netns` when there are several), and a family shown only when a
+/// source runs (tracepoints) or a drain was marked appears if any namespace has it.
+fn encode_scopes(
+    scopes: &[(Option<&str>, &Published)],
+    enc: &mut DescriptorEncoder,
+) -> std::fmt::Result {
+    let port_labels: Vec<BTreeMap<u16, String>> = scopes
         .iter()
-        .flat_map(|(port, pa)| pa.classes.iter().map(move |(class, ca)| (port, *class, ca)))
-        .map(|(port, class, ca)| (ports[port].as_str(), p.classes.name(class), ca))
+        .map(|(_, p)| {
+            p.aggregates
+                .ports
+                .keys()
+                .map(|&k| (k, k.to_string()))
+                .collect()
+        })
         .collect();
+    let views: Vec<View> = scopes
+        .iter()
+        .zip(&port_labels)
+        .map(|(&(netns, p), ports)| View::new(netns, p, ports))
+        .collect();
+    let Some(first) = views.first() else {
+        return Ok(());
+    };
 
     let mut m = family(
         enc,
@@ -192,13 +276,15 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
         "Inbound sockets of the watched port per TCP state in the last sample.",
         MetricType::Gauge,
     )?;
-    for (port, class, ca) in &classes {
-        for (state, n) in GAUGE_STATES.iter().zip(ca.states) {
-            gauge(
-                &mut m,
-                &vec![("port", *port), ("class", *class), ("state", *state)],
-                n as f64,
-            )?;
+    for v in &views {
+        for (port, class, ca) in &v.classes {
+            for (state, n) in GAUGE_STATES.iter().zip(ca.states) {
+                gauge(
+                    &mut m,
+                    &v.l(&[("port", port), ("class", class), ("state", state)]),
+                    n as f64,
+                )?;
+            }
         }
     }
 
@@ -208,12 +294,14 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
         "Inbound connections observed opening (first sighting, or a TIME_WAIT socket never seen open).",
         MetricType::Counter,
     )?;
-    for (port, class, ca) in &classes {
-        counter(
-            &mut m,
-            &vec![("port", *port), ("class", *class)],
-            ca.opened_total,
-        )?;
+    for v in &views {
+        for (port, class, ca) in &v.classes {
+            counter(
+                &mut m,
+                &v.l(&[("port", port), ("class", class)]),
+                ca.opened_total,
+            )?;
+        }
     }
 
     let mut m = family(
@@ -222,34 +310,42 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
         "Inbound connections observed closing, by how they ended: fin, reset, timeout, or unknown without tracepoints.",
         MetricType::Counter,
     )?;
-    for (port, class, ca) in &classes {
-        for (reason, n) in CLOSE_REASONS.iter().zip(ca.closed_by_reason) {
-            counter(
-                &mut m,
-                &vec![("port", *port), ("class", *class), ("reason", *reason)],
-                n,
-            )?;
+    for v in &views {
+        for (port, class, ca) in &v.classes {
+            for (reason, n) in CLOSE_REASONS.iter().zip(ca.closed_by_reason) {
+                counter(
+                    &mut m,
+                    &v.l(&[("port", port), ("class", class), ("reason", reason)]),
+                    n,
+                )?;
+            }
         }
     }
 
-    if p.stats.tracepoints_running {
+    let traced: Vec<&View> = views
+        .iter()
+        .filter(|v| v.p.stats.tracepoints_running)
+        .collect();
+    if !traced.is_empty() {
         let mut m = family(
             enc,
             "drainwatch_resets",
             "RST segments sent and received on the watched port's inbound connections, with the kernel's reason for those sent.",
             MetricType::Counter,
         )?;
-        for (port, pa) in &agg.ports {
-            for ((direction, reason), n) in &pa.resets {
-                counter(
-                    &mut m,
-                    &vec![
-                        ("port", ports[port].as_str()),
-                        ("direction", direction.label()),
-                        ("reason", *reason),
-                    ],
-                    *n,
-                )?;
+        for v in &traced {
+            for (port, pa) in &v.p.aggregates.ports {
+                for ((direction, reason), n) in &pa.resets {
+                    counter(
+                        &mut m,
+                        &v.l(&[
+                            ("port", v.port(port)),
+                            ("direction", direction.label()),
+                            ("reason", reason),
+                        ]),
+                        *n,
+                    )?;
+                }
             }
         }
         let mut m = family(
@@ -258,12 +354,14 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
             "Inbound connections the kernel gave up on (ETIMEDOUT: retransmissions, keepalive or zero-window probes unanswered).",
             MetricType::Counter,
         )?;
-        for (port, class, ca) in &classes {
-            counter(
-                &mut m,
-                &vec![("port", *port), ("class", *class)],
-                ca.timeouts_total,
-            )?;
+        for v in &traced {
+            for (port, class, ca) in &v.classes {
+                counter(
+                    &mut m,
+                    &v.l(&[("port", port), ("class", class)]),
+                    ca.timeouts_total,
+                )?;
+            }
         }
     }
 
@@ -273,12 +371,14 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
         "Lifetime of closed connections whose opening was observed (first sighting to close).",
         MetricType::Histogram,
     )?;
-    for (port, class, ca) in &classes {
-        histogram(
-            &mut m,
-            &vec![("port", *port), ("class", *class)],
-            &ca.lifetime,
-        )?;
+    for v in &views {
+        for (port, class, ca) in &v.classes {
+            histogram(
+                &mut m,
+                &v.l(&[("port", port), ("class", class)]),
+                &ca.lifetime,
+            )?;
+        }
     }
 
     let bounds: Vec<String> = OPEN_BOUNDS.iter().map(|b| b.to_string()).collect();
@@ -288,17 +388,15 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
         "Open connections at least older_than seconds old (a lower bound for connections open before drainwatch started).",
         MetricType::Gauge,
     )?;
-    for (port, class, ca) in &classes {
-        for (bound, n) in bounds.iter().zip(ca.age_over) {
-            gauge(
-                &mut m,
-                &vec![
-                    ("port", *port),
-                    ("class", *class),
-                    ("older_than", bound.as_str()),
-                ],
-                n as f64,
-            )?;
+    for v in &views {
+        for (port, class, ca) in &v.classes {
+            for (bound, n) in bounds.iter().zip(ca.age_over) {
+                gauge(
+                    &mut m,
+                    &v.l(&[("port", port), ("class", class), ("older_than", bound)]),
+                    n as f64,
+                )?;
+            }
         }
     }
 
@@ -308,46 +406,38 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
         "Open connections with no data sent or received for at least idle_over seconds.",
         MetricType::Gauge,
     )?;
-    for (port, class, ca) in &classes {
-        for (bound, n) in bounds.iter().zip(ca.idle_over) {
-            gauge(
-                &mut m,
-                &vec![
-                    ("port", *port),
-                    ("class", *class),
-                    ("idle_over", bound.as_str()),
-                ],
-                n as f64,
-            )?;
+    for v in &views {
+        for (port, class, ca) in &v.classes {
+            for (bound, n) in bounds.iter().zip(ca.idle_over) {
+                gauge(
+                    &mut m,
+                    &v.l(&[("port", port), ("class", class), ("idle_over", bound)]),
+                    n as f64,
+                )?;
+            }
         }
     }
 
-    let mut m = family(
-        enc,
-        "drainwatch_oldest_connection_age_seconds",
-        "Age of the oldest open connection (0 when none is open).",
-        MetricType::Gauge,
-    )?;
-    for (port, class, ca) in &classes {
-        gauge(
-            &mut m,
-            &vec![("port", *port), ("class", *class)],
-            ca.oldest_age_seconds,
-        )?;
-    }
-
-    let mut m = family(
-        enc,
-        "drainwatch_retransmitting_connections",
-        "Open connections whose retransmission timer fired and whose data is still unacknowledged.",
-        MetricType::Gauge,
-    )?;
-    for (port, class, ca) in &classes {
-        gauge(
-            &mut m,
-            &vec![("port", *port), ("class", *class)],
-            ca.retransmitting as f64,
-        )?;
+    type ClassValue = fn(&ClassAggregate) -> f64;
+    let per_class: [(&str, &str, ClassValue); 2] = [
+        (
+            "drainwatch_oldest_connection_age_seconds",
+            "Age of the oldest open connection (0 when none is open).",
+            |ca| ca.oldest_age_seconds,
+        ),
+        (
+            "drainwatch_retransmitting_connections",
+            "Open connections whose retransmission timer fired and whose data is still unacknowledged.",
+            |ca| ca.retransmitting as f64,
+        ),
+    ];
+    for (name, help, value) in per_class {
+        let mut m = family(enc, name, help, MetricType::Gauge)?;
+        for v in &views {
+            for (port, class, ca) in &v.classes {
+                gauge(&mut m, &v.l(&[("port", port), ("class", class)]), value(ca))?;
+            }
+        }
     }
 
     type PortValue = fn(&crate::model::aggregate::PortAggregate) -> f64;
@@ -370,8 +460,10 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
     ];
     for (name, help, value) in per_port {
         let mut m = family(enc, name, help, MetricType::Gauge)?;
-        for (port, pa) in &agg.ports {
-            gauge(&mut m, &vec![("port", ports[port].as_str())], value(pa))?;
+        for v in &views {
+            for (port, pa) in &v.p.aggregates.ports {
+                gauge(&mut m, &v.l(&[("port", v.port(port))]), value(pa))?;
+            }
         }
     }
 
@@ -381,36 +473,30 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
         "Connections that moved from http to websocket once evidence appeared (they keep their opening's class in opened_total).",
         MetricType::Counter,
     )?;
-    for (port, pa) in &agg.ports {
-        counter(
-            &mut m,
-            &vec![("port", ports[port].as_str())],
-            pa.upgraded_total,
-        )?;
+    for v in &views {
+        for (port, pa) in &v.p.aggregates.ports {
+            counter(&mut m, &v.l(&[("port", v.port(port))]), pa.upgraded_total)?;
+        }
     }
 
-    let verdicts: Vec<_> = p
-        .drains
-        .iter()
-        .map(|(port, d)| (ports.get(port), d, d.verdict(*port, &p.drain_thresholds)))
-        .filter_map(|(label, d, v)| Some((label?.as_str(), d, v)))
-        .collect();
     let mut m = family(
         enc,
         "drainwatch_drain_phase",
         "1 for the port's drain phase (serving, draining, drained, stopped), 0 for the others.",
         MetricType::Gauge,
     )?;
-    for (port, _, v) in &verdicts {
-        for phase in PHASES {
-            gauge(
-                &mut m,
-                &vec![("port", *port), ("phase", phase)],
-                f64::from(u8::from(v.phase == phase)),
-            )?;
+    for v in &views {
+        for (port, _, verdict) in &v.verdicts {
+            for phase in PHASES {
+                gauge(
+                    &mut m,
+                    &v.l(&[("port", port), ("phase", phase)]),
+                    f64::from(u8::from(verdict.phase == phase)),
+                )?;
+            }
         }
     }
-    type VerdictValue = fn(&crate::model::drain::Verdict) -> Option<f64>;
+    type VerdictValue = fn(&Verdict) -> Option<f64>;
     let drain_gauges: [(&str, &str, VerdictValue); 3] = [
         (
             "drainwatch_drain_ready",
@@ -430,22 +516,31 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
     ];
     for (name, help, value) in drain_gauges {
         let mut m = family(enc, name, help, MetricType::Gauge)?;
-        for (port, _, v) in &verdicts {
-            if let Some(x) = value(v) {
-                gauge(&mut m, &vec![("port", *port)], x)?;
+        for v in &views {
+            for (port, _, verdict) in &v.verdicts {
+                if let Some(x) = value(verdict) {
+                    gauge(&mut m, &v.l(&[("port", port)]), x)?;
+                }
             }
         }
     }
-    if verdicts.iter().any(|(_, d, _)| d.mark.is_some()) {
+    let marked = |v: &View| v.verdicts.iter().any(|(_, d, _)| d.mark.is_some());
+    if views.iter().any(marked) {
         let mut m = family(
             enc,
             "drainwatch_drain_started_timestamp_seconds",
             "When a drain of the port was marked (POST /drain/start), seconds since the Unix epoch.",
             MetricType::Gauge,
         )?;
-        for (port, d, _) in &verdicts {
-            if let Some(mark) = &d.mark {
-                gauge(&mut m, &vec![("port", *port)], mark.unix_ms as f64 / 1000.0)?;
+        for v in &views {
+            for (port, d, _) in &v.verdicts {
+                if let Some(mark) = &d.mark {
+                    gauge(
+                        &mut m,
+                        &v.l(&[("port", port)]),
+                        mark.unix_ms as f64 / 1000.0,
+                    )?;
+                }
             }
         }
         let mut m = family(
@@ -454,9 +549,11 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
             "Connections (health probes excluded) opened in the samples after the drain mark: how long the load balancer kept sending.",
             MetricType::Counter,
         )?;
-        for (port, d, _) in &verdicts {
-            if let Some(mark) = &d.mark {
-                counter(&mut m, &vec![("port", *port)], mark.opened_after)?;
+        for v in &views {
+            for (port, d, _) in &v.verdicts {
+                if let Some(mark) = &d.mark {
+                    counter(&mut m, &v.l(&[("port", port)]), mark.opened_after)?;
+                }
             }
         }
     }
@@ -466,9 +563,11 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
         "Advice: the 99th percentile of observed connection lifetimes (upper bound of its histogram bucket), the drain timeout that lets 99% of sessions end on their own.",
         MetricType::Gauge,
     )?;
-    for (port, class, ca) in &classes {
-        if let Some(q) = ca.lifetime.quantile_upper_bound(0.99) {
-            gauge(&mut m, &vec![("port", *port), ("class", *class)], q)?;
+    for v in &views {
+        for (port, class, ca) in &v.classes {
+            if let Some(q) = ca.lifetime.quantile_upper_bound(0.99) {
+                gauge(&mut m, &v.l(&[("port", port), ("class", class)]), q)?;
+            }
         }
     }
 
@@ -478,54 +577,67 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
         "Listening ports not watched because --watch.max-ports was reached.",
         MetricType::Gauge,
     )?;
-    gauge(&mut m, &vec![], agg.unwatched_listening_ports as f64)?;
+    for v in &views {
+        gauge(
+            &mut m,
+            &v.l(&[]),
+            v.p.aggregates.unwatched_listening_ports as f64,
+        )?;
+    }
 
-    if let Some(h) = &p.host {
-        let host: [(&str, &str, u64); 8] = [
-            (
-                "drainwatch_host_tcp_passive_opens",
-                "Host-wide TCP passive opens (Tcp PassiveOpens).",
-                h.passive_opens,
-            ),
-            (
-                "drainwatch_host_tcp_active_opens",
-                "Host-wide TCP active opens (Tcp ActiveOpens).",
-                h.active_opens,
-            ),
-            (
-                "drainwatch_host_tcp_resets_sent",
-                "Host-wide TCP segments sent with RST (Tcp OutRsts).",
-                h.resets_sent,
-            ),
-            (
-                "drainwatch_host_tcp_established_resets",
-                "Host-wide resets of ESTABLISHED or CLOSE_WAIT connections (Tcp EstabResets).",
-                h.established_resets,
-            ),
-            (
-                "drainwatch_host_tcp_attempt_fails",
-                "Host-wide failed connection attempts (Tcp AttemptFails).",
-                h.attempt_fails,
-            ),
-            (
-                "drainwatch_host_tcp_retransmit_timeouts",
-                "Host-wide retransmission timeouts (TcpExt TCPTimeouts).",
-                h.retransmit_timeouts,
-            ),
-            (
-                "drainwatch_host_tcp_listen_overflows",
-                "Host-wide accept queue overflows (TcpExt ListenOverflows).",
-                h.listen_overflows,
-            ),
-            (
-                "drainwatch_host_tcp_listen_drops",
-                "Host-wide SYNs dropped at listeners (TcpExt ListenDrops).",
-                h.listen_drops,
-            ),
-        ];
-        for (name, help, v) in host {
+    type HostValue = fn(&HostCounters) -> u64;
+    let host: [(&str, &str, HostValue); 8] = [
+        (
+            "drainwatch_host_tcp_passive_opens",
+            "Host-wide TCP passive opens (Tcp PassiveOpens).",
+            |h| h.passive_opens,
+        ),
+        (
+            "drainwatch_host_tcp_active_opens",
+            "Host-wide TCP active opens (Tcp ActiveOpens).",
+            |h| h.active_opens,
+        ),
+        (
+            "drainwatch_host_tcp_resets_sent",
+            "Host-wide TCP segments sent with RST (Tcp OutRsts).",
+            |h| h.resets_sent,
+        ),
+        (
+            "drainwatch_host_tcp_established_resets",
+            "Host-wide resets of ESTABLISHED or CLOSE_WAIT connections (Tcp EstabResets).",
+            |h| h.established_resets,
+        ),
+        (
+            "drainwatch_host_tcp_attempt_fails",
+            "Host-wide failed connection attempts (Tcp AttemptFails).",
+            |h| h.attempt_fails,
+        ),
+        (
+            "drainwatch_host_tcp_retransmit_timeouts",
+            "Host-wide retransmission timeouts (TcpExt TCPTimeouts).",
+            |h| h.retransmit_timeouts,
+        ),
+        (
+            "drainwatch_host_tcp_listen_overflows",
+            "Host-wide accept queue overflows (TcpExt ListenOverflows).",
+            |h| h.listen_overflows,
+        ),
+        (
+            "drainwatch_host_tcp_listen_drops",
+            "Host-wide SYNs dropped at listeners (TcpExt ListenDrops).",
+            |h| h.listen_drops,
+        ),
+    ];
+    let hosts: Vec<(&View, &HostCounters)> = views
+        .iter()
+        .filter_map(|v| Some((v, v.p.host.as_ref()?)))
+        .collect();
+    if !hosts.is_empty() {
+        for (name, help, value) in host {
             let mut m = family(enc, name, help, MetricType::Counter)?;
-            counter(&mut m, &vec![], v)?;
+            for (v, h) in &hosts {
+                counter(&mut m, &v.l(&[]), value(h))?;
+            }
         }
         let mut m = family(
             enc,
@@ -533,39 +645,45 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
             "Host-wide connections aborted by the kernel, by reason (TcpExt TCPAbortOn*).",
             MetricType::Counter,
         )?;
-        for ((_, reason), v) in ABORT_REASONS.iter().zip(h.aborts) {
-            counter(&mut m, &vec![("reason", *reason)], v)?;
+        for (v, h) in &hosts {
+            for ((_, reason), n) in ABORT_REASONS.iter().zip(h.aborts) {
+                counter(&mut m, &v.l(&[("reason", reason)]), n)?;
+            }
         }
     }
 
-    let s = &p.stats;
     let mut m = family(
         enc,
         "drainwatch_sample_duration_seconds",
         "Wall time of one sample: dumps, decoding, tracking and aggregation.",
         MetricType::Histogram,
     )?;
-    histogram(&mut m, &vec![], &s.sample_duration)?;
-    let selfg: [(&str, &str, f64); 3] = [
+    for v in &views {
+        histogram(&mut m, &v.l(&[]), &v.p.stats.sample_duration)?;
+    }
+    type StatsValue = fn(&SelfStats) -> f64;
+    let selfg: [(&str, &str, StatsValue); 3] = [
         (
             "drainwatch_last_sample_timestamp_seconds",
             "Time of the last successful sample, seconds since the Unix epoch.",
-            s.last_sample_unix_seconds,
+            |s| s.last_sample_unix_seconds,
         ),
         (
             "drainwatch_sampled_sockets",
             "Sockets returned by the kernel in the last sample (after the port filter).",
-            s.sampled_sockets as f64,
+            |s| s.sampled_sockets as f64,
         ),
         (
             "drainwatch_tracked_connections",
             "Connections the tracker follows (open ones and TIME_WAIT remnants).",
-            s.tracked_connections as f64,
+            |s| s.tracked_connections as f64,
         ),
     ];
-    for (name, help, v) in selfg {
+    for (name, help, value) in selfg {
         let mut m = family(enc, name, help, MetricType::Gauge)?;
-        gauge(&mut m, &vec![], v)?;
+        for v in &views {
+            gauge(&mut m, &v.l(&[]), value(&v.p.stats))?;
+        }
     }
     let mut m = family(
         enc,
@@ -573,8 +691,10 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
         "Failed reads per source; the last good data stays published.",
         MetricType::Counter,
     )?;
-    for (source, n) in SOURCES.iter().zip(s.source_errors) {
-        counter(&mut m, &vec![("source", *source)], n)?;
+    for v in &views {
+        for (source, n) in SOURCES.iter().zip(v.p.stats.source_errors) {
+            counter(&mut m, &v.l(&[("source", source)]), n)?;
+        }
     }
     let mut m = family(
         enc,
@@ -582,21 +702,29 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
         "1 when the last read of the source succeeded.",
         MetricType::Gauge,
     )?;
-    for (source, up) in SOURCES.iter().zip(s.source_up) {
-        gauge(&mut m, &vec![("source", *source)], f64::from(u8::from(up)))?;
+    for v in &views {
+        for (source, up) in SOURCES.iter().zip(v.p.stats.source_up) {
+            gauge(&mut m, &v.l(&[("source", source)]), f64::from(u8::from(up)))?;
+        }
     }
-    let mut sources: Vec<(&str, [u64; 3])> = Vec::new();
-    if s.events_subscribed {
-        sources.push((
-            "destroy_events",
-            [s.destroy_events, s.events_overflows, s.events_missed],
-        ));
-    }
-    if s.tracepoints_running {
-        sources.push((
-            "tracepoints",
-            [s.trace_events, s.trace_overflows, s.trace_lost],
-        ));
+    // (view, source, [received, overflows, lost]) for every event source running.
+    let mut sources: Vec<(&View, &str, [u64; 3])> = Vec::new();
+    for v in &views {
+        let s = &v.p.stats;
+        if s.events_subscribed {
+            sources.push((
+                v,
+                "destroy_events",
+                [s.destroy_events, s.events_overflows, s.events_missed],
+            ));
+        }
+        if s.tracepoints_running {
+            sources.push((
+                v,
+                "tracepoints",
+                [s.trace_events, s.trace_overflows, s.trace_lost],
+            ));
+        }
     }
     if !sources.is_empty() {
         let events: [(&str, &str); 3] = [
@@ -606,19 +734,21 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
         ];
         for (i, (name, help)) in events.iter().enumerate() {
             let mut m = family(enc, name, help, MetricType::Counter)?;
-            for (source, values) in &sources {
-                counter(&mut m, &vec![("source", *source)], values[i])?;
+            for (v, source, values) in &sources {
+                counter(&mut m, &v.l(&[("source", source)]), values[i])?;
             }
         }
     }
-    if s.tracepoints_running {
+    if !traced.is_empty() {
         let mut m = family(
             enc,
             "drainwatch_trace_unattributed",
             "Tracepoint hits that joined no inbound connection of the watched namespace (other namespaces, outbound sockets), dropped.",
             MetricType::Counter,
         )?;
-        counter(&mut m, &vec![], s.trace_unattributed)?;
+        for v in &traced {
+            counter(&mut m, &v.l(&[]), v.p.stats.trace_unattributed)?;
+        }
     }
     let mut m = family(
         enc,
@@ -626,30 +756,34 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
         "The data sources running and what their numbers are worth; always 1.",
         MetricType::Gauge,
     )?;
-    let events_precision = if s.events_subscribed {
-        "exact"
-    } else {
-        "unavailable"
-    };
-    // Resets, timeouts and close reasons are exact with both event sources: the destroy
-    // events name every connection, the tracepoints every reset and timeout.
-    let trace_precision = match (s.tracepoints_running, s.events_subscribed) {
-        (true, true) => "exact",
-        (true, false) => "sampled",
-        (false, _) => "unavailable",
-    };
-    for (source, precision) in [
-        ("sock_diag", "per_sample"),
-        ("destroy_events", events_precision),
-        ("procfs", "host"),
-        ("tracepoints", trace_precision),
-    ] {
-        gauge(
-            &mut m,
-            &vec![("source", source), ("precision", precision)],
-            1.0,
-        )?;
+    for v in &views {
+        let s = &v.p.stats;
+        let events_precision = if s.events_subscribed {
+            "exact"
+        } else {
+            "unavailable"
+        };
+        // Resets, timeouts and close reasons are exact with both event sources: the destroy
+        // events name every connection, the tracepoints every reset and timeout.
+        let trace_precision = match (s.tracepoints_running, s.events_subscribed) {
+            (true, true) => "exact",
+            (true, false) => "sampled",
+            (false, _) => "unavailable",
+        };
+        for (source, precision) in [
+            ("sock_diag", "per_sample"),
+            ("destroy_events", events_precision),
+            ("procfs", "host"),
+            ("tracepoints", trace_precision),
+        ] {
+            gauge(
+                &mut m,
+                &v.l(&[("source", source), ("precision", precision)]),
+                1.0,
+            )?;
+        }
     }
+    // The build is the process's, not a namespace's: one series.
     let mut m = family(
         enc,
         "drainwatch_build_info",
@@ -658,7 +792,7 @@ fn encode_published(p: &Published, enc: &mut DescriptorEncoder) -> std::fmt::Res
     )?;
     gauge(
         &mut m,
-        &vec![("version", p.version), ("revision", p.revision)],
+        &vec![("version", first.p.version), ("revision", first.p.revision)],
         1.0,
     )?;
     Ok(())

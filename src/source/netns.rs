@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -89,4 +90,25 @@ pub fn sole_network_namespace(procfs: &Path) -> bool {
         }
     }
     seen.len() == 1
+}
+
+/// Moves the calling thread into the network namespace of the namespace file `path` (a bind
+/// mount under /run/netns, or /proc/PID/ns/net). Sockets the thread creates afterwards, and the
+/// threads it spawns, belong to that namespace; other threads are not affected. Needs
+/// CAP_SYS_ADMIN (and, for another user's /proc/PID, CAP_SYS_PTRACE to open the file).
+#[allow(unsafe_code)] // setns: no safe wrapper in std or libc
+pub fn enter(path: &Path) -> std::io::Result<()> {
+    let file = fs::File::open(path)?;
+    // SAFETY: the descriptor is open for the duration of the call; CLONE_NEWNET makes the
+    // kernel refuse (EINVAL) a file that is not a network namespace.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        let e = std::io::Error::last_os_error();
+        let hint = match e.raw_os_error() {
+            Some(libc::EINVAL) => " (not a network namespace file)",
+            Some(libc::EPERM) => " (needs CAP_SYS_ADMIN)",
+            _ => "",
+        };
+        return Err(std::io::Error::new(e.kind(), format!("{e}{hint}")));
+    }
+    Ok(())
 }

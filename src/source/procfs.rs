@@ -100,9 +100,17 @@ pub fn parse_netstat(
     Ok(out)
 }
 
-/// Reads both files under `proc_root` (normally `/proc`).
+/// Reads both files under `proc_root` (normally `/proc`): those of the calling thread's network
+/// namespace (`thread-self/net`, as a sampler thread may have entered another namespace than
+/// the process's), or `net/` in a proc tree without `thread-self` (fixtures).
 pub fn read_host_counters(proc_root: &Path) -> Result<HostCounters, ProcError> {
-    let snmp_path = proc_root.join("net/snmp");
+    let thread_net = proc_root.join("thread-self/net");
+    let net = if thread_net.is_dir() {
+        thread_net
+    } else {
+        proc_root.join("net")
+    };
+    let snmp_path = net.join("snmp");
     let file = std::fs::File::open(&snmp_path).map_err(|source| ProcError::Io {
         path: snmp_path.display().to_string(),
         source,
@@ -113,7 +121,7 @@ pub fn read_host_counters(proc_root: &Path) -> Result<HostCounters, ProcError> {
             message: e.to_string(),
         }
     })?;
-    let netstat_path = proc_root.join("net/netstat");
+    let netstat_path = net.join("netstat");
     let file = std::fs::File::open(&netstat_path).map_err(|source| ProcError::Io {
         path: netstat_path.display().to_string(),
         source,
