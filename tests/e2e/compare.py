@@ -920,3 +920,37 @@ def dashboard_queries(directory, instance: str, job: str = "drainwatch", port: s
                 for k, v in subst.items():
                     expr = expr.replace(k, v)
                 yield board["title"], p["title"], expr
+
+
+def netns_rows(data: dict) -> list[Row]:
+    """Issue 8: the root-namespace drainwatch (--netns) against the drainwatch inside each
+    backend, counter by counter, once traffic stopped. Equal means every series is present in
+    both with the same value."""
+    def diff(a: dict, b: dict) -> list[str]:
+        keys = sorted(set(a) | set(b))
+        return [f"{k}: {a.get(k)} vs {b.get(k)}" for k in keys if a.get(k) != b.get(k)]
+
+    def opened(d: dict) -> float:
+        return sum(v for k, v in d.items() if k.startswith("drainwatch_connections_opened_total"))
+
+    rows = []
+    for name, ours, ref, what in [
+        ("judged_b1", data["judged_b1"], data["ref_b1"], "--netns b1 (the judged drainwatch)"),
+        ("multi_b1", data["multi_b1"], data["ref_b1"], '--netns b1 --netns b2, series netns="b1"'),
+        ("multi_b2", data["multi_b2"], data["ref_b2"], '--netns b1 --netns b2, series netns="b2"'),
+    ]:
+        bad = diff(ours, ref)
+        rows.append(Row(
+            "netns", "all", f"{what}: {len(NETNS_FAMILIES_SHORT)} counter families vs drainwatch inside the backend",
+            f"{len(ref)} series equal (opened {opened(ref):.0f})",
+            f"{len(ref) - len(bad)} equal" + (f"; first differences: {'; '.join(bad[:3])}" if bad else ""),
+            str(len(bad)), "0", not bad and opened(ref) > 0,
+            "Counters read from each drainwatch's /metrics after the clients and the LB stopped."))
+    rows.append(Row(
+        "netns", "all", "two namespaces watched: series without a netns label (of these families)",
+        "0", str(len(data["multi_unlabelled"])), str(len(data["multi_unlabelled"])), "0",
+        not data["multi_unlabelled"] and bool(data["multi_b1"]) and bool(data["multi_b2"])))
+    return rows
+
+
+NETNS_FAMILIES_SHORT = ("opened", "closed", "resets", "timeouts", "upgraded")

@@ -286,9 +286,12 @@ def run_scenario(scenario: dict, out: Path, python: str, drainwatch: str) -> boo
         stack.start_capture(scenario.get("capture", {}).get("snaplen", 128))
         stack.start_backend(topo.B1, "b1", load.get("ws_push_interval", 3.0))
         stack.start_backend(topo.B2, "b2", load.get("ws_push_interval", 3.0))
-        stack.start_haproxy(lb.get("health_check", "http"), lb.get("check_inter", "1s"))
+        # drainwatch before haproxy: every drainwatch sees the first health check, so their
+        # counters can be compared exactly.
         dw = scenario.get("drainwatch", {})
-        stack.start_drainwatch(dw.get("connections_api", False), dw.get("args", []))
+        stack.start_drainwatch(dw.get("connections_api", False), dw.get("args", []),
+                               dw.get("compare_netns", False))
+        stack.start_haproxy(lb.get("health_check", "http"), lb.get("check_inter", "1s"))
         stack.start_prometheus()
         total = sum(p["duration"] for p in scenario["phases"])
         if scenario.get("api_poll"):
@@ -310,7 +313,7 @@ def run_scenario(scenario: dict, out: Path, python: str, drainwatch: str) -> boo
         (out / "scrapes.json").write_text(json.dumps({"queries": compare.QUERIES, "results": scrapes}, indent=1))
         # Issue 7: every dashboard panel's queries, and the alerts that fired, over the run.
         panels = []
-        for board, title, expr in compare.dashboard_queries(REPO / "dashboards", services.DRAINWATCH_ADDR):
+        for board, title, expr in compare.dashboard_queries(REPO / "dashboards", stack.dw_addr):
             result = stack.prom("query_range", {"query": expr, "start": f"{start - 1:.0f}", "end": f"{end:.0f}",
                                                 "step": "2"})
             panels.append({"board": board, "title": title, "expr": expr, "result": result})
@@ -325,6 +328,13 @@ def run_scenario(scenario: dict, out: Path, python: str, drainwatch: str) -> boo
             "alert_rule_files": stack.rule_files(),
             "drain_wait": _wait_result(stack),
         }
+        if stack.multi_addr:
+            # Traffic stops (clients, then the LB's health checks), the last closes reach every
+            # drainwatch, then their counters are read.
+            stack.stop("clients")
+            stack.stop("haproxy")
+            time.sleep(3 * services.SAMPLE_INTERVAL)
+            (out / "netns.json").write_text(json.dumps(stack.netns_comparison(), indent=1))
         (run_dir / "timeline.json").write_text(json.dumps(timeline, indent=1))
     finally:
         signal.alarm(0)
@@ -392,6 +402,9 @@ def judge(scenario: dict, out: Path) -> bool:
                                   drain_wait=timeline.get("drain_wait"), drain_polls=drain_polls, scrapes=scrapes,
                                   panels=panels)
     rows = evaluator.run()
+    netns_file = out / "netns.json"
+    if netns_file.exists():
+        rows += compare.netns_rows(json.loads(netns_file.read_text()))
     passed = all(r.passed is not False for r in rows)
 
     truth = {"scenario": scenario["name"], **timeline, "capture": _capture_json(capture),

@@ -31,8 +31,43 @@ WATCHED_PORTS = (80, 8080)
 HEALTH_PORT = 81
 APP_PORT = 8080
 DRAINWATCH_PORT = 9977
-PROMETHEUS_ADDR = "127.0.0.1:9090"
+# Reference drainwatch processes started inside the backends (issue 8: the one in the root
+# namespace with --netns must report what these report).
 DRAINWATCH_ADDR = f"{topo.BACKEND_ADDRS[topo.B1]}:{DRAINWATCH_PORT}"
+REF_ADDRS = {topo.B1: DRAINWATCH_ADDR, topo.B2: f"{topo.BACKEND_ADDRS[topo.B2]}:{DRAINWATCH_PORT}"}
+# Counter families compared between the root-namespace drainwatch and the reference ones.
+NETNS_FAMILIES = ("drainwatch_connections_opened_total", "drainwatch_connections_closed_total",
+                  "drainwatch_resets_total", "drainwatch_connection_timeouts_total",
+                  "drainwatch_connections_upgraded_total")
+
+
+def free_loopback_port() -> int:
+    """A port free on the root namespace's loopback now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def parse_counters(text: str, netns: str | None) -> dict[str, float]:
+    """Series of NETNS_FAMILIES in an exposition: those labelled `netns` (label removed) or,
+    with None, those without a netns label."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        series, value = line.rsplit(" ", 1)
+        if series.split("{", 1)[0] not in NETNS_FAMILIES:
+            continue
+        label = f'netns="{netns}"' if netns else None
+        if label is None:
+            if "netns=" in series:
+                continue
+        elif label not in series:
+            continue
+        else:
+            series = series.replace(label + ",", "").replace("," + label, "").replace("{" + label + "}", "")
+        out[series] = float(value)
+    return out
 SAMPLE_INTERVAL = 1.0
 
 
@@ -75,10 +110,15 @@ class Stack:
         self.python = python
         self.drainwatch_bin = drainwatch
         self.procs: dict[str, Proc] = {}
+        # drainwatch (judged, root namespace, --netns backend 1) and Prometheus listen on the
+        # root namespace's loopback; ports picked free so that parallel runs do not collide.
+        self.dw_addr = f"127.0.0.1:{free_loopback_port()}"
+        self.prom_addr = f"127.0.0.1:{free_loopback_port()}"
+        self.multi_addr: str | None = None
 
     # --- process plumbing -------------------------------------------------
 
-    def start(self, name: str, ns: str, argv: list[str]) -> Proc:
+    def start(self, name: str, ns: str | None, argv: list[str]) -> Proc:
         log = self.run_dir / f"{name}.log"
         out = open(log, "ab")
         popen = subprocess.Popen(topo.in_ns(ns, argv), stdout=out, stderr=subprocess.STDOUT,
@@ -214,29 +254,61 @@ class Stack:
         conn.close()
         return body
 
-    def start_drainwatch(self, connections_api: bool = False, extra: list[str] | None = None) -> None:
+    def start_drainwatch(self, connections_api: bool = False, extra: list[str] | None = None,
+                         compare_netns: bool = False) -> None:
+        """The judged drainwatch: in the root namespace, watching backend 1 with --netns
+        (issue 8). With `compare_netns`, also one drainwatch inside each backend (the
+        reference) and one in the root namespace watching both backends (`netns` label)."""
         # `ip netns exec` mounts a fresh sysfs for the namespace, which hides
-        # /sys/kernel/tracing: give drainwatch a tracefs mounted outside /sys.
+        # /sys/kernel/tracing: the references get a tracefs mounted outside /sys.
         tracefs = ensure_tracefs()
-        # POST /drain/start needs a token: drainwatch listens on backend 1's LB-side address.
         self.drain_token = secrets.token_hex(16)
         token_file = self.run_dir / "drain-token"
         token_file.write_text(self.drain_token + "\n")
-        self.start("drainwatch", topo.B1, [
-            self.drainwatch_bin, *[a for p in WATCHED_PORTS for a in ("--watch.port", str(p))],
-            "--web.listen-address", DRAINWATCH_ADDR, "--sample.interval", f"{SAMPLE_INTERVAL:g}s",
-            "--path.tracefs", tracefs, "--web.drain-token-file", str(token_file),
-            *(["--web.enable-connections-api"] if connections_api else []), *(extra or [])])
-        url = f"http://{DRAINWATCH_ADDR}/healthz"
-        self.wait_for("drainwatch /healthz", lambda: topo.run(
-            topo.in_ns(topo.B1, ["curl", "-sf", "--max-time", "1", url]), check=False) != "", 20)
+        common = [*[a for p in WATCHED_PORTS for a in ("--watch.port", str(p))],
+                  "--sample.interval", f"{SAMPLE_INTERVAL:g}s", "--path.tracefs", tracefs, *(extra or [])]
+        self.start("drainwatch", None, [
+            self.drainwatch_bin, "--netns", topo.B1, *common, "--web.listen-address", self.dw_addr,
+            "--web.drain-token-file", str(token_file),
+            *(["--web.enable-connections-api"] if connections_api else [])])
+        started = [(None, self.dw_addr)]
+        if compare_netns:
+            self.multi_addr = f"127.0.0.1:{free_loopback_port()}"
+            self.start("drainwatch-netns", None, [
+                self.drainwatch_bin, "--netns", topo.B1, "--netns", topo.B2, *common,
+                "--web.listen-address", self.multi_addr])
+            started.append((None, self.multi_addr))
+            for ns, addr in REF_ADDRS.items():
+                self.start(f"drainwatch-ref-{ns}", ns, [self.drainwatch_bin, *common, "--web.listen-address", addr])
+                started.append((ns, addr))
+        for ns, addr in started:
+            url = f"http://{addr}/healthz"
+            self.wait_for(f"drainwatch /healthz at {addr}", lambda: topo.run(
+                topo.in_ns(ns, ["curl", "-sf", "--max-time", "1", url]), check=False) != "", 20)
+
+    def metrics_text(self, ns: str | None, addr: str) -> str:
+        return topo.run(topo.in_ns(ns, ["curl", "-sf", "--max-time", "5", f"http://{addr}/metrics"]))
+
+    def netns_comparison(self) -> dict:
+        """The counters of every drainwatch, read once traffic has stopped: the judged one
+        (--netns backend 1), the two-namespace one per `netns` label, the references."""
+        multi = self.metrics_text(None, self.multi_addr)
+        return {
+            "judged_b1": parse_counters(self.metrics_text(None, self.dw_addr), None),
+            "multi_b1": parse_counters(multi, topo.B1),
+            "multi_b2": parse_counters(multi, topo.B2),
+            "multi_unlabelled": parse_counters(multi, None),
+            "ref_b1": parse_counters(self.metrics_text(topo.B1, REF_ADDRS[topo.B1]), None),
+            "ref_b2": parse_counters(self.metrics_text(topo.B2, REF_ADDRS[topo.B2]), None),
+        }
 
     def start_prometheus(self) -> None:
         rules = str(self.repo / "alerts" / "*.yml")
-        conf = render("prometheus.yml", self.run_dir / "prometheus.yml", RULES=rules, TARGET=DRAINWATCH_ADDR)
-        self.start("prometheus", topo.LB, [
+        conf = render("prometheus.yml", self.run_dir / "prometheus.yml", RULES=rules, TARGET=self.dw_addr)
+        self.start("prometheus", None, [
             "prometheus", f"--config.file={conf}", f"--storage.tsdb.path={self.run_dir / 'prometheus-data'}",
-            f"--web.listen-address={PROMETHEUS_ADDR}", "--storage.tsdb.retention.time=1d"])
+            f"--web.listen-address={self.prom_addr}", "--storage.tsdb.retention.time=1d",
+            f"--web.page-title=drainwatch-e2e-{topo.PREFIX}"])
         self.wait_for("prometheus target up", lambda: self._target_up(), 30)
 
     def rule_files(self) -> list[str]:
@@ -252,19 +324,19 @@ class Stack:
 
     def prom(self, endpoint: str, params: dict[str, str]) -> list:
         """A Prometheus HTTP API query, run from inside the LB namespace."""
-        url = f"http://{PROMETHEUS_ADDR}/api/v1/{endpoint}?{urllib.parse.urlencode(params)}"
-        out = topo.run(topo.in_ns(topo.LB, ["curl", "-s", "--max-time", "10", url]), check=False)
+        url = f"http://{self.prom_addr}/api/v1/{endpoint}?{urllib.parse.urlencode(params)}"
+        out = topo.run(["curl", "-s", "--max-time", "10", url], check=False)
         reply = json.loads(out)
         if reply.get("status") != "success":
             raise RuntimeError(f"prometheus {endpoint} {params}: {reply}")
         return reply["data"]["result"]
 
     def drain_start(self, port: int, token: str | None = None) -> str:
-        """POST /drain/start?port=P from inside backend 1; returns the HTTP status code."""
+        """POST /drain/start?port=P to the judged drainwatch; returns the HTTP status code."""
         auth = ["-H", f"Authorization: Bearer {token if token is not None else self.drain_token}"]
-        return topo.run(topo.in_ns(topo.B1, [
+        return topo.run([
             "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", "-X", "POST", *auth,
-            f"http://{DRAINWATCH_ADDR}/drain/start?port={port}"]), check=False).strip()
+            f"http://{self.dw_addr}/drain/start?port={port}"], check=False).strip()
 
     def start_drain_wait(self, spec: dict, duration: float) -> None:
         """`drainwatch wait` in backend 1 (it samples the kernel itself), and a poller of the
@@ -274,17 +346,17 @@ class Stack:
                 "--hold-samples", str(spec.get("hold_samples", 3)), "--timeout", spec["timeout"],
                 "--sample.interval", f"{SAMPLE_INTERVAL:g}s", "--progress", "lines"]
         self.start("drain-wait", topo.B1, [self.drainwatch_bin, "wait", *args])
-        self.start("drain-poller", topo.B1, [
-            self.python, str(HERE / "drainpoll.py"), "--base", f"http://{DRAINWATCH_ADDR}",
+        self.start("drain-poller", None, [
+            self.python, str(HERE / "drainpoll.py"), "--base", f"http://{self.dw_addr}",
             "--port", str(spec["port"]), "--max-active", str(spec.get("max_active", 0)),
             "--max-websocket", str(spec.get("max_websocket", 0)), "--quiet", spec.get("quiet", "3s"),
             "--hold-samples", str(spec.get("hold_samples", 3)), "--duration", f"{duration:.0f}",
             "--out", str(self.run_dir / "drain-polls.jsonl")])
 
     def start_api_poller(self, interval: float, duration: float, out: Path) -> None:
-        """Polls drainwatch's connections API from inside backend 1 (apipoll.py)."""
-        self.start("api-poller", topo.B1, [
-            self.python, str(HERE / "apipoll.py"), "--base", f"http://{DRAINWATCH_ADDR}", "--port", "80",
+        """Polls the judged drainwatch's connections API (apipoll.py)."""
+        self.start("api-poller", None, [
+            self.python, str(HERE / "apipoll.py"), "--base", f"http://{self.dw_addr}", "--port", "80",
             "--interval", f"{interval:g}", "--duration", f"{duration:.0f}", "--out", str(out)])
         self.wait_for("first connections API poll", lambda: out.exists() and out.stat().st_size > 0, 10)
 

@@ -65,8 +65,30 @@ def run(args: list[str], check: bool = True, timeout: float = CMD_TIMEOUT, stdin
     return proc.stdout
 
 
-def in_ns(ns: str, args: list[str]) -> list[str]:
-    return ["ip", "netns", "exec", ns, *args]
+def in_ns(ns: str | None, args: list[str]) -> list[str]:
+    """`args` run inside namespace `ns`, or in the root namespace when `ns` is None."""
+    return list(args) if ns is None else ["ip", "netns", "exec", ns, *args]
+
+
+# Root-namespace processes of a run carry one of these in their command line, so that a run
+# killed with SIGKILL leaves nothing the next cleanup cannot find: drainwatch watches the
+# run's namespaces with --netns, Prometheus gets a page title naming the prefix.
+ROOT_MARKERS = (f"--netns\0{PREFIX}", f"--web.page-title=drainwatch-e2e-{PREFIX}")
+
+
+def leftover_root_processes() -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if any(m in cmdline for m in ROOT_MARKERS):
+            pids.append(int(entry))
+    return pids
 
 
 def create() -> None:
@@ -141,6 +163,10 @@ def cleanup() -> list[str]:
     Safe to call at any time and more than once; returns what it removed.
     """
     removed = []
+    stray = leftover_root_processes()
+    if stray:
+        kill_pids(stray, grace=2.0)
+        removed.append(f"{len(stray)} root-namespace processes")
     for ns in leftover_namespaces():
         pids = namespace_pids(ns)
         if pids:
