@@ -56,8 +56,23 @@ pub struct WaitArgs {
     /// Ask a running drainwatch instead of sampling this host's kernel: its base URL, e.g.
     /// http://10.0.0.5:9977 (GET /drain with the same thresholds). Exit 3 when it cannot be
     /// asked (unreachable, refused, not watching the port).
-    #[arg(long = "url", value_name = "URL")]
+    #[arg(long = "url", value_name = "URL", conflicts_with = "prometheus")]
     pub url: Option<String>,
+    /// Ask Prometheus instead, from the series it scraped from the drainwatch of `--instance`:
+    /// its base URL, e.g. http://prometheus:9090. The verdict is computed by drainwatch's own
+    /// drain model over those series, with this command's thresholds; `--sample.interval` is
+    /// then the step of the series (set it to the scrape interval). Exit 3 when Prometheus
+    /// cannot answer or has no such series.
+    #[arg(long = "prometheus", value_name = "URL", requires = "instance")]
+    pub prometheus: Option<String>,
+    /// The `instance` label of the drainwatch to judge (with --prometheus).
+    #[arg(long = "instance", value_name = "INSTANCE", requires = "prometheus")]
+    pub instance: Option<String>,
+    /// Network namespace: sample that one (local mode: NAME, PATH or pid:PID, needs
+    /// CAP_SYS_ADMIN), or pick it in a drainwatch watching several (--url, --prometheus: the
+    /// `netns` label).
+    #[arg(long = "netns", value_name = "NETNS")]
+    pub netns: Option<String>,
     /// Port to wait for (repeatable; every one must be drained).
     #[arg(long = "port", value_name = "PORT", value_parser = parse_port, required = true)]
     pub ports: Vec<u16>,

@@ -2,6 +2,7 @@
 //! and preStop hooks) and `drainwatch snapshot` (the connections of the watched ports as
 //! evidence). Both sample the kernel in-process; no daemon is needed.
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
@@ -51,18 +52,44 @@ pub fn wait(args: &WaitArgs, out: &mut dyn Write, progress: &mut dyn Write) -> u
         quiet_ms: args.quiet.as_millis() as u64,
         hold_samples: args.hold_samples as usize,
     };
-    let mut source = match &args.url {
-        Some(url) => match Remote::new(url) {
+    let usage = |progress: &mut dyn Write, e: &dyn std::fmt::Display| {
+        let _ = writeln!(progress, "drainwatch wait: {e}");
+        2
+    };
+    let mut source = if let Some(url) = &args.url {
+        match Remote::new(url, args.netns.clone()) {
             Ok(r) => Source::Remote(r),
-            Err(e) => {
-                let _ = writeln!(progress, "drainwatch wait: {e}");
-                return 2;
+            Err(e) => return usage(progress, &e),
+        }
+    } else if let Some(url) = &args.prometheus {
+        match Remote::new(url, None) {
+            Ok(http) => Source::Prometheus(PrometheusSource {
+                http,
+                instance: args.instance.clone().unwrap_or_default(),
+                netns: args.netns.clone(),
+                step: args.interval,
+            }),
+            Err(e) => return usage(progress, &e),
+        }
+    } else {
+        if let Some(ns) = &args.netns {
+            // Local mode: this (main) thread enters the namespace before any socket exists.
+            let target = match crate::config::parse_netns(ns) {
+                Ok(t) => t,
+                Err(e) => return usage(progress, &e),
+            };
+            if let Err(e) = crate::source::netns::enter(&target.path) {
+                let _ = writeln!(
+                    progress,
+                    "drainwatch wait: cannot enter network namespace {ns}: {e}"
+                );
+                return WAIT_UNAVAILABLE;
             }
-        },
-        None => Source::Local(Box::new(Pipeline::new(tool_config(
+        }
+        Source::Local(Box::new(Pipeline::new(tool_config(
             &args.ports,
             args.interval,
-        )))),
+        ))))
     };
     let started = Instant::now();
     let mut next = started;
@@ -150,11 +177,12 @@ pub fn wait(args: &WaitArgs, out: &mut dyn Write, progress: &mut dyn Write) -> u
     }
 }
 
-/// Where `wait` gets its verdicts: its own samples of this host's kernel, or a running
-/// drainwatch's `GET /drain`.
+/// Where `wait` gets its verdicts: its own samples of this host's kernel, a running
+/// drainwatch's `GET /drain`, or the series Prometheus scraped from one.
 enum Source {
     Local(Box<Pipeline>),
     Remote(Remote),
+    Prometheus(PrometheusSource),
 }
 
 impl Source {
@@ -181,6 +209,11 @@ impl Source {
                 .map(|&p| remote.verdict(p, t))
                 .collect::<Result<Vec<_>, _>>()
                 .map(|v| (true, v)),
+            Source::Prometheus(prom) => ports
+                .iter()
+                .map(|&p| prom.verdict(p, t))
+                .collect::<Result<Vec<_>, _>>()
+                .map(|v| (true, v)),
         }
     }
 }
@@ -199,12 +232,14 @@ struct Remote {
     base: String,
     host: String,
     addr: String,
+    /// `netns=` for a drainwatch watching several namespaces.
+    netns: Option<String>,
 }
 
 const REMOTE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Remote {
-    fn new(url: &str) -> Result<Self, RemoteError> {
+    fn new(url: &str, netns: Option<String>) -> Result<Self, RemoteError> {
         let rest = url
             .strip_prefix("http://")
             .ok_or_else(|| RemoteError::Scheme(url.to_string()))?;
@@ -224,6 +259,7 @@ impl Remote {
             base: format!("http://{host}"),
             host,
             addr,
+            netns,
         })
     }
 
@@ -234,13 +270,10 @@ impl Remote {
         }
     }
 
-    fn verdict(&self, port: u16, t: &DrainThresholds) -> Result<Verdict, RemoteError> {
+    /// GET `path`: the status and the body (at most 1 MiB).
+    fn get(&self, path: &str, accept: &str) -> Result<(u16, String), RemoteError> {
         use std::io::Read;
         use std::net::ToSocketAddrs;
-        let path = format!(
-            "/drain?port={port}&max_active={}&max_websocket={}&quiet={}ms&hold_samples={}",
-            t.max_active, t.max_websocket, t.quiet_ms, t.hold_samples
-        );
         let addr = self
             .addr
             .to_socket_addrs()
@@ -253,7 +286,7 @@ impl Remote {
         let _ = stream.set_write_timeout(Some(REMOTE_TIMEOUT));
         write!(
             stream,
-            "GET {path} HTTP/1.0\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: drainwatch-wait\r\n\r\n",
+            "GET {path} HTTP/1.0\r\nHost: {}\r\nAccept: {accept}\r\nUser-Agent: drainwatch-wait\r\n\r\n",
             self.host
         )
         .map_err(|e| self.fail(format!("cannot send the request: {e}")))?;
@@ -271,6 +304,19 @@ impl Remote {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| self.fail("not an HTTP answer"))?;
+        Ok((status, body.to_string()))
+    }
+
+    fn verdict(&self, port: u16, t: &DrainThresholds) -> Result<Verdict, RemoteError> {
+        let mut path = format!(
+            "/drain?port={port}&max_active={}&max_websocket={}&quiet={}ms&hold_samples={}",
+            t.max_active, t.max_websocket, t.quiet_ms, t.hold_samples
+        );
+        if let Some(ns) = &self.netns {
+            path.push_str(&format!("&netns={}", url_encode(ns)));
+        }
+        let (status, body) = self.get(&path, "application/json")?;
+        let body = body.as_str();
         if status != 200 && status != 503 {
             let detail = serde_json::from_str::<serde_json::Value>(body)
                 .ok()
@@ -282,6 +328,207 @@ impl Remote {
             .map_err(|e| self.fail(format!("GET /drain?port={port}: bad JSON: {e}")))?;
         serde_json::from_value(doc["verdict"].clone())
             .map_err(|e| self.fail(format!("GET /drain?port={port}: bad verdict: {e}")))
+    }
+}
+
+/// Percent-encodes `s` for a query string (everything but RFC 3986's unreserved characters).
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A PromQL string literal.
+fn promql_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// `drainwatch wait --prometheus`: the verdict of drainwatch's own drain model over the series
+/// Prometheus scraped from the drainwatch of `instance`, one sample per `step`.
+struct PrometheusSource {
+    http: Remote,
+    instance: String,
+    netns: Option<String>,
+    step: Duration,
+}
+
+impl PrometheusSource {
+    fn selector(&self, port: u16, extra: &str) -> String {
+        let mut s = format!("instance={},port=\"{port}\"", promql_string(&self.instance));
+        if let Some(ns) = &self.netns {
+            s.push_str(&format!(",netns={}", promql_string(ns)));
+        }
+        s.push_str(extra);
+        s
+    }
+
+    /// `GET /api/v1/<endpoint>`, the `data.result` array.
+    fn api(
+        &self,
+        endpoint: &str,
+        params: &[(&str, String)],
+    ) -> Result<Vec<serde_json::Value>, RemoteError> {
+        let query: Vec<String> = params
+            .iter()
+            .map(|(k, v)| format!("{k}={}", url_encode(v)))
+            .collect();
+        let path = format!("/api/v1/{endpoint}?{}", query.join("&"));
+        let (status, body) = self.http.get(&path, "application/json")?;
+        let doc: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
+            self.http.fail(format!(
+                "{endpoint}: HTTP {status}, not Prometheus JSON: {e}"
+            ))
+        })?;
+        if status != 200 || doc["status"] != "success" {
+            return Err(self.http.fail(format!(
+                "{endpoint}: HTTP {status}: {}",
+                doc["error"].as_str().unwrap_or("no error given")
+            )));
+        }
+        Ok(doc["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// One series over `[start, end]`: unix ms -> value (empty when Prometheus has none).
+    fn range(&self, expr: &str, start: f64, end: f64) -> Result<BTreeMap<u64, f64>, RemoteError> {
+        let step = self.step.as_secs_f64().max(0.001);
+        let result = self.api(
+            "query_range",
+            &[
+                ("query", expr.to_string()),
+                ("start", format!("{start:.3}")),
+                ("end", format!("{end:.3}")),
+                ("step", format!("{step}")),
+            ],
+        )?;
+        let mut out = BTreeMap::new();
+        if let Some(values) = result.first().and_then(|r| r["values"].as_array()) {
+            for pair in values {
+                let t = pair[0].as_f64();
+                let v = pair[1].as_str().and_then(|v| v.parse::<f64>().ok());
+                if let (Some(t), Some(v)) = (t, v) {
+                    out.insert((t * 1000.0).round() as u64, v);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn verdict(&self, port: u16, t: &DrainThresholds) -> Result<Verdict, RemoteError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        // Enough history for the quiet window, the hold samples and the 60 s stall and ETA
+        // windows of the model.
+        let step = self.step.as_secs_f64();
+        let lookback = (t.quiet_ms as f64 / 1000.0 + (t.hold_samples as f64 + 2.0) * step)
+            .max(crate::model::drain::STALL_WINDOW_MS as f64 / 1000.0 + 2.0 * step);
+        let start = now - lookback;
+        let sel = |extra: &str| self.selector(port, extra);
+        let active_states = ",state=~\"established|close_wait\"";
+        let listening = self.range(
+            &format!("max(drainwatch_listening{{{}}})", sel("")),
+            start,
+            now,
+        )?;
+        if listening.is_empty() {
+            return Err(self.http.fail(format!(
+                "no drainwatch_listening series for {{{}}} in the last {lookback:.0}s",
+                sel("")
+            )));
+        }
+        // How old the last scrape is: a verdict from a drainwatch Prometheus no longer reaches
+        // would be stale.
+        let age = self.api(
+            "query",
+            &[(
+                "query",
+                format!(
+                    "time() - max(timestamp(drainwatch_listening{{{}}}))",
+                    sel("")
+                ),
+            )],
+        )?;
+        let age = age
+            .first()
+            .and_then(|r| r["value"][1].as_str())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::INFINITY);
+        let stale_after = (3.0 * step).max(15.0);
+        if age > stale_after {
+            return Err(self.http.fail(format!(
+                "the last scrape of {} is {age:.0}s old (more than {stale_after:.0}s): Prometheus no longer reaches it",
+                self.instance
+            )));
+        }
+        let active = self.range(
+            &format!(
+                "sum(drainwatch_connections{{{}}})",
+                sel(&format!(",class!=\"probe\"{active_states}"))
+            ),
+            start,
+            now,
+        )?;
+        let websocket = self.range(
+            &format!(
+                "sum(drainwatch_connections{{{}}})",
+                sel(&format!(",class=\"websocket\"{active_states}"))
+            ),
+            start,
+            now,
+        )?;
+        let opened = self.range(
+            &format!(
+                "sum(drainwatch_connections_opened_total{{{}}})",
+                sel(",class!=\"probe\"")
+            ),
+            start,
+            now,
+        )?;
+        let oldest = self.range(
+            &format!(
+                "max(drainwatch_oldest_connection_age_seconds{{{}}})",
+                sel(",class!=\"probe\"")
+            ),
+            start,
+            now,
+        )?;
+        let mut drain = crate::model::drain::PortDrain::default();
+        let mut last_opened: Option<f64> = None;
+        for (&at_ms, &l) in &listening {
+            let Some(&o) = opened.get(&at_ms) else {
+                continue;
+            };
+            // The first point has no predecessor: its openings are unknown, not zero, so it
+            // only sets the base.
+            let new = match last_opened {
+                Some(prev) if o >= prev => (o - prev).round() as u64,
+                Some(_) => o.round() as u64, // counter reset: drainwatch restarted
+                None => {
+                    last_opened = Some(o);
+                    continue;
+                }
+            };
+            last_opened = Some(o);
+            drain.push(crate::model::drain::DrainSample {
+                at_ms,
+                listening: l > 0.0,
+                new,
+                active: active.get(&at_ms).copied().unwrap_or(0.0).round() as u64,
+                websocket: websocket.get(&at_ms).copied().unwrap_or(0.0).round() as u64,
+                oldest_ms: (oldest.get(&at_ms).copied().unwrap_or(0.0) * 1000.0) as u64,
+            });
+        }
+        Ok(drain.verdict(port, t))
     }
 }
 

@@ -422,3 +422,176 @@ fn remote_wait_that_cannot_ask_exits_3_not_1() {
         Some(2)
     );
 }
+
+/// A real Prometheus scraping the drainwatch at `web` every second, stopped when dropped.
+struct Prometheus {
+    child: std::process::Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Prometheus {
+    fn start(web: u16) -> Prometheus {
+        let dir = std::env::temp_dir().join(format!("dw-wait-prom-{}-{web}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir(dir);
+        let config = dir.0.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, scrape_timeout: 900ms}}\n\
+                 scrape_configs:\n  - job_name: drainwatch\n    static_configs:\n      - targets: [\"127.0.0.1:{web}\"]\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.0.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian package prometheus; scripts/test.sh installs it)");
+        let p = Prometheus {
+            child,
+            port,
+            _dir: dir,
+        };
+        let started = Instant::now();
+        while !p.get("/api/v1/query?query=up").contains("\"1\"]") {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "prometheus did not scrape drainwatch"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+        p
+    }
+
+    fn get(&self, path: &str) -> String {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return String::new();
+        };
+        let _ = s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        reply
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn prometheus_wait_judges_drainwatchs_series_like_the_exporter_does() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let web = free_port();
+    let _exporter = Exporter::start(port, web);
+    let pairs = connect(&listener, 2);
+    let prom = Prometheus::start(web);
+    let url = format!("http://127.0.0.1:{}", prom.port);
+    let instance = format!("127.0.0.1:{web}");
+    let args = |timeout: &str| -> Vec<String> {
+        [
+            "--prometheus",
+            &url,
+            "--instance",
+            &instance,
+            "--port",
+            &port.to_string(),
+            "--quiet",
+            "2s",
+            "--hold-samples",
+            "2",
+            "--sample.interval",
+            "1s",
+            "--timeout",
+            timeout,
+            "--progress",
+            "lines",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |a: &[String]| wait(&a.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // Two connections stay open: not drained, exit 1 at the timeout, saying why, and the
+    // exporter's own /drain agrees.
+    let o = run(&args("4s"));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("2 active connections above threshold 0"),
+        "{stderr}"
+    );
+    let lines: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.contains("ready="))
+        .map(fields)
+        .collect();
+    // (The first lines may see less history than the quiet window: Prometheus just started.)
+    assert_eq!(lines.last().unwrap()["active"], "2", "{stderr}");
+    let remote = wait(&[
+        "--url",
+        &format!("http://{instance}"),
+        "--port",
+        &port.to_string(),
+        "--quiet",
+        "2s",
+        "--hold-samples",
+        "2",
+        "--timeout",
+        "1s",
+        "--progress",
+        "lines",
+    ]);
+    assert_eq!(remote.status.code(), Some(1));
+
+    // They close: drained, exit 0, within the quiet window, the hold samples and a scrape or
+    // two of the close.
+    let closed = Instant::now();
+    drop(pairs);
+    let o = run(&args("30s"));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert!(closed.elapsed() < Duration::from_secs(15), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["result"], "drained");
+    assert_eq!(summary["ports"][0]["active"], 0);
+
+    // A drainwatch Prometheus has no series of: exit 3, not 1.
+    let mut other = args("5s");
+    other[3] = "127.0.0.1:1".to_string();
+    let o = run(&other);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no drainwatch_listening series"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // No Prometheus there: exit 3.
+    let mut nowhere = args("5s");
+    nowhere[1] = format!("http://127.0.0.1:{}", free_port());
+    let o = run(&nowhere);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot connect"));
+}

@@ -126,7 +126,9 @@ pub struct Verdict {
 }
 
 impl PortDrain {
-    fn push(&mut self, sample: DrainSample) {
+    /// Appends one sample (in time order). `apply` does this from snapshots; `drainwatch wait
+    /// --prometheus` from the series Prometheus kept.
+    pub fn push(&mut self, sample: DrainSample) {
         // A listener back after being gone is a new server process: its drain is not the
         // marked one any more.
         if sample.listening && self.history.back().is_some_and(|s| !s.listening) {
