@@ -302,6 +302,8 @@ pub fn spawn_sampler(
         }
         let interval = config.interval;
         let mut pipeline = Pipeline::new(config);
+        // Namespace entered, sources open: what only start-up needed goes.
+        crate::source::privileges::drop_startup();
         let mut next = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let marked: Vec<u16> = {
@@ -393,26 +395,54 @@ fn start_samplers(
     Ok((scopes, samplers))
 }
 
-/// Serves the exporter until SIGTERM or SIGINT.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let listener = tokio::net::TcpListener::bind(config.listen_address)
-        .await
+/// What runs before the HTTP runtime exists: the bound listener and the samplers (which enter
+/// their namespaces and open their sources with the start-up capabilities; see
+/// [`crate::source::privileges`]).
+pub struct Started {
+    listener: std::net::TcpListener,
+    scopes: Vec<Scope>,
+    samplers: Vec<std::thread::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    marks: DrainMarks,
+}
+
+/// Binds the listener and starts the samplers. Called from `main` before the runtime, so that
+/// the runtime's threads are created after `main` dropped the start-up capabilities.
+pub fn start(config: &Config) -> anyhow::Result<Started> {
+    let listener = std::net::TcpListener::bind(config.listen_address)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen_address))?;
+    listener.set_nonblocking(true)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let marks = DrainMarks::default();
+    let (scopes, samplers) = start_samplers(config, &marks, &stop)?;
+    Ok(Started {
+        listener,
+        scopes,
+        samplers,
+        stop,
+        marks,
+    })
+}
+
+/// Serves the exporter until SIGTERM or SIGINT.
+pub async fn serve(config: Config, started: Started) -> anyhow::Result<()> {
+    let Started {
+        listener,
+        scopes,
+        samplers,
+        stop,
+        marks,
+    } = started;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     tracing::info!(
         address = %listener.local_addr()?,
         interval = ?config.interval,
         ports = ?config.ports,
+        netns = ?config.netns.iter().map(|t| t.label.as_str()).collect::<Vec<_>>(),
         "drainwatch {VERSION} serving /metrics{}",
         if config.ports.is_empty() { ", watching every listening port" } else { "" }
     );
-    let marks = DrainMarks::default();
-    let control = DrainControl::new(
-        config.drain_token.clone(),
-        config.listen_address,
-        marks.clone(),
-    );
-    let (scopes, samplers) = start_samplers(&config, &marks, &stop)?;
+    let control = DrainControl::new(config.drain_token.clone(), config.listen_address, marks);
     let router = app(AppState::scoped(scopes).with_drain_control(control));
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())

@@ -7,6 +7,7 @@ use clap::Parser;
 use drainwatch::app::{serve, Pipeline};
 use drainwatch::config::{Cli, Command, Config, SampleArgs};
 use drainwatch::model::socket::GAUGE_STATES;
+use drainwatch::source::privileges;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -40,6 +41,27 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return config_error(e),
             };
+            // Before any thread exists: keep only what the configured sources need.
+            let kept = privileges::restrict_process(privileges::Needs::of(
+                config.destroy_events,
+                config.tracepoints,
+                !config.netns.is_empty(),
+            ));
+            let started = match drainwatch::app::start(&config) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("drainwatch: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            privileges::drop_startup();
+            if let Ok((effective, _)) = privileges::current() {
+                tracing::info!(
+                    start_up = ?kept.names(),
+                    running = ?effective.names(),
+                    "capabilities kept"
+                );
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -51,7 +73,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve(config)) {
+            match runtime.block_on(serve(config, started)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("drainwatch: {e:#}");

@@ -87,7 +87,11 @@ impl DestroyEvents {
             let (queue, ports, stop) = (queue.clone(), ports.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("destroy-events".into())
-                .spawn(move || read_loop(socket, &queue, &ports, &stop))
+                .spawn(move || {
+                    // The socket is subscribed: its reader needs no privilege.
+                    super::privileges::drop_startup();
+                    read_loop(socket, &queue, &ports, &stop)
+                })
                 .map_err(EventsError::Subscribe)?
         };
         Ok(DestroyEvents {

@@ -6,6 +6,7 @@ pub mod events;
 pub mod ftrace;
 pub mod netlink;
 pub mod netns;
+pub mod privileges;
 pub mod procfs;
 pub mod replay;
 pub mod request;

@@ -175,6 +175,7 @@ impl Tracepoints {
                     std::thread::Builder::new()
                         .name("tracepoints".into())
                         .spawn(move || {
+                            super::privileges::drop_startup();
                             while !stop.load(Ordering::Relaxed) {
                                 std::thread::sleep(READ_EVERY);
                                 let mut r = reader.lock().unwrap_or_else(|p| p.into_inner());
