@@ -145,7 +145,7 @@ class Driver:
 
     def wait_start(self) -> str:
         spec = self.scenario["drain_wait"]
-        self.expected_dead.update({"drain-wait", "drain-poller"})
+        self.expected_dead.update({"drain-wait", "drain-poller", "drain-wait-remote"})
         self.stack.start_drain_wait(spec, float(spec["poll_seconds"]))
         return "drainwatch wait " + json.dumps(spec)
 
@@ -327,6 +327,7 @@ def run_scenario(scenario: dict, out: Path, python: str, drainwatch: str) -> boo
             "haproxy_show_stat": stack.haproxy("show stat"),
             "alert_rule_files": stack.rule_files(),
             "drain_wait": _wait_result(stack),
+            "drain_wait_remote": _wait_result(stack, "drain-wait-remote"),
         }
         if stack.multi_addr:
             # Traffic stops (clients, then the LB's health checks), the last closes reach every
@@ -344,10 +345,10 @@ def run_scenario(scenario: dict, out: Path, python: str, drainwatch: str) -> boo
     return judge(scenario, out)
 
 
-def _wait_result(stack: services.Stack) -> dict | None:
+def _wait_result(stack: services.Stack, name: str = "drain-wait") -> dict | None:
     """How `drainwatch wait` ended: exit status, when (its JSON summary gives the elapsed time
     from its start), its progress lines."""
-    proc = stack.procs.get("drain-wait")
+    proc = stack.procs.get(name)
     if proc is None:
         return None
     code = proc.popen.poll()
@@ -400,6 +401,7 @@ def judge(scenario: dict, out: Path) -> bool:
     evaluator = compare.Evaluator(scenario, phases, capture, samples, services.SAMPLE_INTERVAL, stats,
                                   faults, compare.destroy_events_up(scrapes), cl.read_polls(run_dir / "api.jsonl"),
                                   drain_wait=timeline.get("drain_wait"), drain_polls=drain_polls, scrapes=scrapes,
+                                  drain_wait_remote=timeline.get("drain_wait_remote"),
                                   panels=panels)
     rows = evaluator.run()
     netns_file = out / "netns.json"

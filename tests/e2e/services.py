@@ -281,6 +281,7 @@ class Stack:
             for ns, addr in REF_ADDRS.items():
                 self.start(f"drainwatch-ref-{ns}", ns, [self.drainwatch_bin, *common, "--web.listen-address", addr])
                 started.append((ns, addr))
+            topo.route_clients_to(topo.B1)
         for ns, addr in started:
             url = f"http://{addr}/healthz"
             self.wait_for(f"drainwatch /healthz at {addr}", lambda: topo.run(
@@ -346,6 +347,11 @@ class Stack:
                 "--hold-samples", str(spec.get("hold_samples", 3)), "--timeout", spec["timeout"],
                 "--sample.interval", f"{SAMPLE_INTERVAL:g}s", "--progress", "lines"]
         self.start("drain-wait", topo.B1, [self.drainwatch_bin, "wait", *args])
+        if self.multi_addr:
+            # The same gate asked from the clients' side, over HTTP, of the drainwatch inside
+            # backend 1 (issue 8: `wait --url` agrees with the local verdict).
+            self.start("drain-wait-remote", topo.CLIENTS, [
+                self.drainwatch_bin, "wait", "--url", f"http://{REF_ADDRS[topo.B1]}", *args])
         self.start("drain-poller", None, [
             self.python, str(HERE / "drainpoll.py"), "--base", f"http://{self.dw_addr}",
             "--port", str(spec["port"]), "--max-active", str(spec.get("max_active", 0)),

@@ -181,3 +181,14 @@ def cleanup() -> list[str]:
         run(["nft", "delete", "table", *table.split()], check=False)
         removed.append(f"nft table {table}")
     return removed
+
+
+def route_clients_to(backend: str) -> None:
+    """Lets the clients' namespace reach `backend` directly through the LB host (IP
+    forwarding in the LB's namespace, a route each way): for `drainwatch wait --url` from the
+    clients' side (issue 8). The load-balanced traffic still goes through haproxy."""
+    run(in_ns(LB, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]))
+    subnet = BACKEND_ADDRS[backend].rsplit(".", 1)[0] + ".0/24"
+    run(in_ns(CLIENTS, ["ip", "route", "add", subnet, "via", LB_FRONT_ADDR]))
+    run(in_ns(backend, ["ip", "route", "add", CLIENT_ADDR.rsplit(".", 1)[0] + ".0/24",
+                        "via", LB_BACKSIDE_ADDRS[backend]]))
