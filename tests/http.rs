@@ -211,6 +211,12 @@ async fn drain_answers_200_when_ready_and_503_with_the_reason_when_not() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _, _) = get(state, "/drain?port=8080&quiet=soon", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Before the first sample: not ready (503, "no sample yet"), not "port not watched".
+    let fresh: SharedState = Arc::new(ArcSwap::from_pointee(Published::default()));
+    let (status, _, body) = get(fresh, "/drain?port=8080", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["verdict"]["reason"], "no sample yet", "{body}");
 }
 
 async fn post(router: axum::Router, uri: &str, token: Option<&str>) -> StatusCode {

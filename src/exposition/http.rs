@@ -320,7 +320,15 @@ async fn drain(State(state): State<AppState>, Query(q): Query<DrainQuery>) -> Re
         }
         t.hold_samples = v;
     }
-    let Some(history) = published.drains.get(&port) else {
+    // Before the first sample nothing is known: not ready (503) rather than "not watched",
+    // so that a gate started with the exporter waits instead of failing.
+    let empty = crate::model::drain::PortDrain::default();
+    let history = match published.drains.get(&port) {
+        Some(h) => Some(h),
+        None if published.stats.last_sample_unix_seconds == 0.0 => Some(&empty),
+        None => None,
+    };
+    let Some(history) = history else {
         return (
             StatusCode::NOT_FOUND,
             axum::Json(serde_json::json!({
