@@ -400,6 +400,7 @@ fn start_samplers(
 /// [`crate::source::privileges`]).
 pub struct Started {
     listener: std::net::TcpListener,
+    web: Arc<crate::exposition::webconfig::WebConfig>,
     scopes: Vec<Scope>,
     samplers: Vec<std::thread::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
@@ -409,6 +410,10 @@ pub struct Started {
 /// Binds the listener and starts the samplers. Called from `main` before the runtime, so that
 /// the runtime's threads are created after `main` dropped the start-up capabilities.
 pub fn start(config: &Config) -> anyhow::Result<Started> {
+    let web = match &config.web_config_file {
+        Some(path) => crate::exposition::webconfig::WebConfig::load(path)?,
+        None => Default::default(),
+    };
     let listener = std::net::TcpListener::bind(config.listen_address)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen_address))?;
     listener.set_nonblocking(true)?;
@@ -417,6 +422,7 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
     let (scopes, samplers) = start_samplers(config, &marks, &stop)?;
     Ok(Started {
         listener,
+        web: Arc::new(web),
         scopes,
         samplers,
         stop,
@@ -428,6 +434,7 @@ pub fn start(config: &Config) -> anyhow::Result<Started> {
 pub async fn serve(config: Config, started: Started) -> anyhow::Result<()> {
     let Started {
         listener,
+        web,
         scopes,
         samplers,
         stop,
@@ -439,13 +446,15 @@ pub async fn serve(config: Config, started: Started) -> anyhow::Result<()> {
         interval = ?config.interval,
         ports = ?config.ports,
         netns = ?config.netns.iter().map(|t| t.label.as_str()).collect::<Vec<_>>(),
+        tls = web.tls.is_some(),
+        basic_auth = !web.users.is_empty(),
         "drainwatch {VERSION} serving /metrics{}",
         if config.ports.is_empty() { ", watching every listening port" } else { "" }
     );
     let control = DrainControl::new(config.drain_token.clone(), config.listen_address, marks);
     let router = app(AppState::scoped(scopes).with_drain_control(control));
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
+    let router = crate::exposition::server::protect(router, web.clone(), config.web_limits);
+    crate::exposition::server::serve(listener, router, web, config.web_limits, shutdown_signal())
         .await?;
     stop.store(true, Ordering::Relaxed);
     let _ = tokio::task::spawn_blocking(move || {

@@ -207,6 +207,20 @@ pub struct RunArgs {
     /// is allowed only when --web.listen-address is a loopback address.
     #[arg(long = "web.drain-token-file", value_name = "FILE")]
     pub drain_token_file: Option<PathBuf>,
+    /// TLS and basic authentication, in the Prometheus exporter-toolkit web config format
+    /// (docs/security.md).
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
+    /// Time a client has to send a request's headers (and an idle keep-alive connection to
+    /// start its next request) [default: 10s].
+    #[arg(long = "web.read-header-timeout", value_name = "DURATION", value_parser = parse_threshold)]
+    pub read_header_timeout: Option<Duration>,
+    /// Time one request may take [default: 30s].
+    #[arg(long = "web.request-timeout", value_name = "DURATION", value_parser = parse_threshold)]
+    pub request_timeout: Option<Duration>,
+    /// Connections served at once; more wait in the accept queue [default: 256].
+    #[arg(long = "web.max-connections", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_connections: Option<u32>,
 }
 
 /// The validated configuration the program runs with.
@@ -230,6 +244,9 @@ pub struct Config {
     pub drain: DrainThresholds,
     /// Bearer token for POST /drain/start (read from --web.drain-token-file).
     pub drain_token: Option<String>,
+    /// The web config file (TLS, basic auth), validated.
+    pub web_config_file: Option<PathBuf>,
+    pub web_limits: crate::exposition::server::Limits,
 }
 
 impl Default for Config {
@@ -249,6 +266,8 @@ impl Default for Config {
             tracefs: PathBuf::from("/sys/kernel/tracing"),
             drain: DrainThresholds::default(),
             drain_token: None,
+            web_config_file: None,
+            web_limits: Default::default(),
         }
     }
 }
@@ -319,6 +338,12 @@ struct FileWeb {
     listen_address: Option<SocketAddr>,
     enable_connections_api: Option<bool>,
     drain_token_file: Option<PathBuf>,
+    config_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "de_threshold")]
+    read_header_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_threshold")]
+    request_timeout: Option<Duration>,
+    max_connections: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -760,6 +785,31 @@ impl Config {
                 )));
             }
             config.drain_token = Some(token);
+        }
+        if let Some(path) = args.web_config_file.clone().or(file.web.config_file) {
+            crate::exposition::webconfig::WebConfig::load(&path)
+                .map_err(|e| ConfigError::Invalid(format!("web config: {e}")))?;
+            config.web_config_file = Some(path);
+        }
+        let limits = &mut config.web_limits;
+        if let Some(t) = args.read_header_timeout.or(file.web.read_header_timeout) {
+            limits.read_header_timeout = t;
+        }
+        if let Some(t) = args.request_timeout.or(file.web.request_timeout) {
+            limits.request_timeout = t;
+        }
+        if let Some(n) = args.max_connections.or(file.web.max_connections) {
+            if n == 0 {
+                return Err(ConfigError::Invalid(
+                    "web.max-connections must be at least 1".into(),
+                ));
+            }
+            limits.max_connections = n as usize;
+        }
+        if limits.read_header_timeout.is_zero() || limits.request_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "web timeouts must be longer than 0s".into(),
+            ));
         }
         Ok(config)
     }
