@@ -234,6 +234,8 @@ struct Remote {
     addr: String,
     /// `netns=` for a drainwatch watching several namespaces.
     netns: Option<String>,
+    /// `Authorization` header value, from the URL's user information.
+    authorization: Option<String>,
 }
 
 const REMOTE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -242,10 +244,19 @@ impl Remote {
     fn new(url: &str, netns: Option<String>) -> Result<Self, RemoteError> {
         let rest = url
             .strip_prefix("http://")
-            .ok_or_else(|| RemoteError::Scheme(url.to_string()))?;
-        let host = rest.trim_end_matches('/').to_string();
+            .ok_or_else(|| RemoteError::Scheme(redact(url)))?;
+        let rest = rest.trim_end_matches('/');
+        // http://user:password@host:port: basic authentication (a drainwatch with a web
+        // config); the credentials never appear in messages.
+        let (authorization, host) = match rest.rsplit_once('@') {
+            Some((userinfo, host)) => (
+                Some(format!("Basic {}", base64_encode(userinfo.as_bytes()))),
+                host.to_string(),
+            ),
+            None => (None, rest.to_string()),
+        };
         if host.is_empty() || host.contains('/') {
-            return Err(RemoteError::Scheme(url.to_string()));
+            return Err(RemoteError::Scheme(redact(url)));
         }
         let addr = if host
             .rsplit_once(':')
@@ -260,6 +271,7 @@ impl Remote {
             host,
             addr,
             netns,
+            authorization,
         })
     }
 
@@ -284,9 +296,14 @@ impl Remote {
             .map_err(|e| self.fail(format!("cannot connect: {e}")))?;
         let _ = stream.set_read_timeout(Some(REMOTE_TIMEOUT));
         let _ = stream.set_write_timeout(Some(REMOTE_TIMEOUT));
+        let auth = self
+            .authorization
+            .as_ref()
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
         write!(
             stream,
-            "GET {path} HTTP/1.0\r\nHost: {}\r\nAccept: {accept}\r\nUser-Agent: drainwatch-wait\r\n\r\n",
+            "GET {path} HTTP/1.0\r\nHost: {}\r\nAccept: {accept}\r\nUser-Agent: drainwatch-wait\r\n{auth}\r\n",
             self.host
         )
         .map_err(|e| self.fail(format!("cannot send the request: {e}")))?;
@@ -329,6 +346,37 @@ impl Remote {
         serde_json::from_value(doc["verdict"].clone())
             .map_err(|e| self.fail(format!("GET /drain?port={port}: bad verdict: {e}")))
     }
+}
+
+/// `url` with any user information replaced by `***`.
+fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// Standard base64 with padding.
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// Percent-encodes `s` for a query string (everything but RFC 3986's unreserved characters).
@@ -714,4 +762,26 @@ pub fn snapshot(args: &SnapshotArgs, out: &mut dyn Write) -> u8 {
         );
     }
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_and_redaction() {
+        assert_eq!(base64_encode(b"alice:s3cret"), "YWxpY2U6czNjcmV0");
+        assert_eq!(base64_encode(b"a"), "YQ==");
+        assert_eq!(base64_encode(b"ab"), "YWI=");
+        assert_eq!(base64_encode(b""), "");
+        assert_eq!(redact("http://u:p@h:1"), "http://***@h:1");
+        let r = Remote::new("http://u:p@10.0.0.5:9977/", None).unwrap();
+        assert_eq!(r.base, "http://10.0.0.5:9977");
+        assert_eq!(r.authorization.as_deref(), Some("Basic dTpw"));
+        assert!(!Remote::new("https://u:p@h", None)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("u:p"));
+    }
 }

@@ -352,3 +352,27 @@ fn the_example_web_config_is_valid_and_its_password_is_the_documented_one() {
     assert!(c.tls.is_some());
     assert!(bcrypt::verify("change-me", &c.users["prometheus"]).unwrap());
 }
+
+#[test]
+fn wait_url_without_credentials_is_unauthorised_exit_3_and_with_them_gets_verdicts() {
+    let dir = Dir::new("wait");
+    let config = web_config(&dir.0, false);
+    let creds = format!("{USER}:{PASSWORD}");
+    let e = Exporter::start(&config, &[], "http", &["-u", &creds, "-o", "/dev/null"]);
+    let wait = |url: String| {
+        Command::new(BIN)
+            .args(["wait", "--url", &url, "--port", "9", "--quiet", "1s"])
+            .args(["--timeout", "3s", "--progress", "lines"])
+            .output()
+            .unwrap()
+    };
+    let out = wait(format!("http://{}", e.url("")));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("HTTP 401"), "{err}");
+    let out = wait(format!("http://{creds}@{}", e.url("")));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{err}");
+    assert!(err.contains("phase="), "{err}");
+    assert!(!err.contains(PASSWORD), "the password was printed: {err}");
+}
