@@ -166,10 +166,12 @@ class Evaluator:
                  samples: list[Sample], interval: float, stats: dict, faults: list[dict], exact: bool,
                  api_polls: list[dict] | None = None, drain_wait: dict | None = None,
                  drain_polls: list[dict] | None = None, scrapes: dict | None = None,
-                 panels: dict | None = None, drain_wait_remote: dict | None = None) -> None:
+                 panels: dict | None = None, drain_wait_remote: dict | None = None,
+                 drain_wait_prom: dict | None = None) -> None:
         self.panels = panels or {}
         self.drain_wait = drain_wait
         self.drain_wait_remote = drain_wait_remote
+        self.drain_wait_prom = drain_wait_prom
         self.drain_polls = drain_polls or []
         self.scrapes = scrapes or {}
         self.scenario = scenario
@@ -529,11 +531,15 @@ class Evaluator:
     @whole_span
     def check_remote_agree(self, check: dict, phase: Phase) -> list[Row]:
         """`drainwatch wait --url` run in the clients' namespace against the drainwatch inside
-        backend 1 agrees with `drainwatch wait` sampling backend 1's kernel itself: same phase
-        and readiness at every line (within two samples), and the same exit."""
+        backend 1 (or, with `source = "prometheus"`, `wait --prometheus` on the judged
+        drainwatch's series) agrees with `drainwatch wait` sampling backend 1's kernel itself:
+        same phase and readiness at every line (within `slack_samples`), and the same exit."""
         start, end = self._wait_times(phase)
         local = self._wait_lines(self.drain_wait, start)
-        remote = self._wait_lines(self.drain_wait_remote, start)
+        prom = check.get("source") == "prometheus"
+        other = self.drain_wait_prom if prom else self.drain_wait_remote
+        label = "wait --prometheus (root namespace)" if prom else "wait --url (clients' namespace)"
+        remote = self._wait_lines(other, start)
         stop = end if end is not None else phase.end
         slack = check.get("slack_samples", 2) * self.interval + 0.6
         compared = disagreed = 0
@@ -547,11 +553,11 @@ class Evaluator:
             compared += 1
             if (ph, ready) not in near:
                 disagreed += 1
-                worst = worst or f"--url {ph}/{ready} at {t - start:+.1f}s vs local {sorted(set(near))}"
-        codes = ((self.drain_wait or {}).get("returncode"), (self.drain_wait_remote or {}).get("returncode"))
-        return [Row("remote_agree", phase.name, "wait --url (clients' namespace) vs wait (local), phase and readiness",
+                worst = worst or f"{ph}/{ready} at {t - start:+.1f}s vs local {sorted(set(near))}"
+        codes = ((self.drain_wait or {}).get("returncode"), (other or {}).get("returncode"))
+        return [Row("remote_agree", phase.name, f"{label} vs wait (local), phase and readiness",
                     f"agree at every line (+-{slack:.1f}s), same exit", f"{compared - disagreed}/{compared} agree" +
-                    (f"; {worst}" if worst else "") + f"; exits local {codes[0]}, --url {codes[1]}",
+                    (f"; {worst}" if worst else "") + f"; exits local {codes[0]}, other {codes[1]}",
                     str(disagreed), "0",
                     disagreed == 0 and compared >= check.get("min_lines", 5) and codes[0] == codes[1] == 0,
                     check["why"])]

@@ -145,7 +145,7 @@ class Driver:
 
     def wait_start(self) -> str:
         spec = self.scenario["drain_wait"]
-        self.expected_dead.update({"drain-wait", "drain-poller", "drain-wait-remote"})
+        self.expected_dead.update({"drain-wait", "drain-poller", "drain-wait-remote", "drain-wait-prom"})
         self.stack.start_drain_wait(spec, float(spec["poll_seconds"]))
         return "drainwatch wait " + json.dumps(spec)
 
@@ -328,6 +328,7 @@ def run_scenario(scenario: dict, out: Path, python: str, drainwatch: str) -> boo
             "alert_rule_files": stack.rule_files(),
             "drain_wait": _wait_result(stack),
             "drain_wait_remote": _wait_result(stack, "drain-wait-remote"),
+            "drain_wait_prom": _wait_result(stack, "drain-wait-prom"),
         }
         if stack.multi_addr:
             # Traffic stops (clients, then the LB's health checks), the last closes reach every
@@ -402,6 +403,7 @@ def judge(scenario: dict, out: Path) -> bool:
                                   faults, compare.destroy_events_up(scrapes), cl.read_polls(run_dir / "api.jsonl"),
                                   drain_wait=timeline.get("drain_wait"), drain_polls=drain_polls, scrapes=scrapes,
                                   drain_wait_remote=timeline.get("drain_wait_remote"),
+                                  drain_wait_prom=timeline.get("drain_wait_prom"),
                                   panels=panels)
     rows = evaluator.run()
     netns_file = out / "netns.json"

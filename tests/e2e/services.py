@@ -352,6 +352,11 @@ class Stack:
             # backend 1 (issue 8: `wait --url` agrees with the local verdict).
             self.start("drain-wait-remote", topo.CLIENTS, [
                 self.drainwatch_bin, "wait", "--url", f"http://{REF_ADDRS[topo.B1]}", *args])
+            # And asked of Prometheus, from the judged drainwatch's series (scraped every 1 s,
+            # the --sample.interval of args).
+            self.start("drain-wait-prom", None, [
+                self.drainwatch_bin, "wait", "--prometheus", f"http://{self.prom_addr}",
+                "--instance", self.dw_addr, *args])
         self.start("drain-poller", None, [
             self.python, str(HERE / "drainpoll.py"), "--base", f"http://{self.dw_addr}",
             "--port", str(spec["port"]), "--max-active", str(spec.get("max_active", 0)),
