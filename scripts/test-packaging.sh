@@ -10,12 +10,15 @@
 #      by the unit's SystemCallFilter=; then the preStop command of the Kubernetes sidecar
 #      example runs against it and exits 0;
 #   4. negative control: the same start with no capability: tracepoints do not run;
+#      then the installed unit is started by systemd in a systemd-nspawn container (this
+#      machine's PID 1 is not systemd): sandbox, capabilities and seccomp filter applied;
 #   5. validates the Kubernetes manifests offline (kubernetes-validate --strict) and checks
 #      they agree with the unit (capabilities) and with the scrape configuration (labels);
 #   6. purges the package: files, user and group are gone.
 # Prints one PASS/FAIL line per check and exits 1 if any failed. Usage: scripts/test-packaging.sh
 # Needs: dpkg-dev (dpkg-deb), binutils, util-linux (setpriv), systemd (systemd-analyze),
-# adduser, strace, iproute2 (ss), curl, python3 with venv; missing ones are installed.
+# adduser, strace, iproute2 (ss), curl, systemd-container (systemd-nspawn), python3 with venv;
+# missing ones are installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -41,11 +44,17 @@ fi
 tmp=$(mktemp -d /tmp/drainwatch-pkgtest.XXXXXX)
 pids=()
 installed=0
+stop_pid() { # SIGTERM, then SIGKILL after 10 s: never waits forever
+  kill -TERM "$1" 2>/dev/null || return 0
+  for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
 cleanup() {
-  local rc=$?
+  local rc=$? p
   set +e
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+  trap '' INT TERM
+  for p in "${pids[@]}"; do stop_pid "$p"; done
   if [ "$installed" = 1 ]; then
     dpkg --purge drainwatch >/dev/null 2>&1 || echo "cleanup: dpkg --purge drainwatch failed" >&2
   fi
@@ -60,7 +69,8 @@ step() { printf '\n=== %s (%ss)\n' "$1" "$(($(date +%s) - started))"; }
 step "tools"
 need=()
 for pair in dpkg-deb:dpkg-dev objcopy:binutils setpriv:util-linux systemd-analyze:systemd \
-            adduser:adduser strace:strace ss:iproute2 curl:curl deb-systemd-helper:init-system-helpers; do
+            adduser:adduser strace:strace ss:iproute2 curl:curl deb-systemd-helper:init-system-helpers \
+            systemd-nspawn:systemd-container; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then need+=(python3-venv); fi
@@ -221,12 +231,13 @@ start_drainwatch() {
     sleep 0.1
   done
   # Under strace, the process to inspect is the traced child (setpriv execs drainwatch).
-  if [ "${3:-}" = strace ]; then dw_proc=$(pgrep -P "$dw_pid" | head -n1); else dw_proc=$dw_pid; fi
+  if [ "${3:-}" = strace ]; then dw_proc=$(pgrep -P "$dw_pid" | head -n1 || true); else dw_proc=$dw_pid; fi
 }
 stop_drainwatch() { # stop NAME: SIGTERM, expects exit 0 within 10 s
   local name=$1 rc=0
   kill -TERM "$dw_proc"
   for _ in $(seq 100); do kill -0 "$dw_pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$dw_pid" 2>/dev/null && echo "  still running 10 s after SIGTERM: killed"
   wait "$dw_pid" || rc=$?
   check "$name: stops on SIGTERM with exit 0" test "$rc" = 0
   check "$name: its tracefs instance is gone" test ! -e "/sys/kernel/tracing/instances/drainwatch-$dw_proc"
@@ -363,6 +374,73 @@ expect=$((2 * (rmem_max < (16 << 20) ? rmem_max : (16 << 20))))
 buffer=$(event_buffer)
 check "no-caps: destroy-event buffer capped by net.core.rmem_max $rmem_max (rb $buffer)" test "${buffer:-0}" = "$expect"
 stop_drainwatch no-caps
+
+step "the unit under systemd (systemd-nspawn container booting this host's /usr and /etc)"
+# This machine's PID 1 is not systemd: a container boots systemd as its PID 1 with the host's
+# /usr and /etc (read-only; the package is installed there) and its own network namespace,
+# and starts drainwatch.service as systemd would on a host, sandbox and seccomp filter applied.
+# drainwatch removes instances under tracefs whose PID does not exist; from the container's PID
+# namespace every host PID looks dead, so this step is skipped while another drainwatch uses
+# tracefs on this host (it would disable that drainwatch's events).
+others=$(find /sys/kernel/tracing/instances -maxdepth 1 -name 'drainwatch-*' -printf '%f ' 2>/dev/null)
+if [ -n "$others" ]; then
+  printf 'SKIP: the unit under systemd: other drainwatch instances in tracefs (%s)\n' "$others"
+else
+  systemd-nspawn --quiet --register=no --keep-unit --volatile=yes --directory=/ --bind-ro=/etc \
+    --private-network --machine="dwpkgtest$$" -b -- systemd.unit=basic.target systemd.firstboot=off \
+    >"$tmp/nspawn.log" 2>&1 &
+  nspawn_pid=$!; pids+=("$nspawn_pid")
+  leader=
+  for _ in $(seq 150); do
+    leader=$(pgrep -P "$nspawn_pid" | head -n1 || true)
+    if [ -n "$leader" ]; then
+      # Until systemd in the container listens, systemctl fails at once; then it waits for the boot.
+      booted=$(timeout 60 nsenter -t "$leader" -a systemctl is-system-running --wait 2>/dev/null || true)
+      case $booted in running|degraded) break ;; esac
+    fi
+    leader=; sleep 0.2
+  done
+  in_ct() { nsenter -t "$leader" -a "$@"; }
+  if [ -z "$leader" ]; then
+    tail -n 20 "$tmp/nspawn.log"; fail "the container booted systemd to basic.target"
+  else
+    pass "the container booted systemd to basic.target ($booted)"
+    # nspawn gives the container a read-only sysfs without tracefs: mount it, as the host has.
+    in_ct sh -c '[ -d /sys/kernel/tracing/instances ] || mount -t tracefs nodev /sys/kernel/tracing'
+    in_ct systemctl start drainwatch.service || true
+    for _ in $(seq 100); do in_ct curl -sf 127.0.0.1:9977/healthz >/dev/null 2>&1 && break; sleep 0.1; done
+    in_ct curl -s 127.0.0.1:9977/metrics >"$tmp/systemd.metrics" || true
+    main=$(in_ct systemctl show -p MainPID --value drainwatch.service)
+    unit_status_ok() {
+      local st; st=$(in_ct cat "/proc/$main/status") || return 1
+      echo "$st" | grep -E '^(Uid|CapEff|CapBnd|NoNewPrivs|Seccomp):' | sed 's/^/  /'
+      [ "$(echo "$st" | awk '/^Uid:/ {print $3}')" = "$(id -u drainwatch)" ] \
+        && [ "$(echo "$st" | awk '/^CapEff:/ {print $2}')" = "$(caps_hex "$ambient")" ] \
+        && [ "$(echo "$st" | awk '/^CapBnd:/ {print $2}')" = "$(caps_hex "$ambient")" ] \
+        && [ "$(echo "$st" | awk '/^NoNewPrivs:/ {print $2}')" = 1 ] \
+        && [ "$(echo "$st" | awk '/^Seccomp:/ {print $2}')" = 2 ]
+    }
+    check "systemd: drainwatch.service active as drainwatch, CapEff = CapBnd = {$ambient}, no_new_privs, seccomp filter" unit_status_ok
+    for s in sock_diag procfs destroy_events tracepoints; do
+      check "systemd: drainwatch_source_up{source=\"$s\"} 1" \
+        test "$(metric "$tmp/systemd.metrics" "drainwatch_source_up{source=\"$s\"}")" = 1.0
+    done
+    check "systemd: tracepoints precision exact" \
+      test -n "$(metric "$tmp/systemd.metrics" 'drainwatch_source_info{source="tracepoints",precision="exact"}')"
+    sandbox_ok() { # the service's own mount table: / read-only, tracefs writable
+      local mi; mi=$(in_ct cat "/proc/$main/mountinfo") || return 1
+      echo "$mi" | awk '$5 == "/" || $5 == "/sys/kernel/tracing" {print "  " $5, $6}'
+      echo "$mi" | awk '$5 == "/" {split($6, o, ","); ro = o[1]} END {exit ro != "ro"}' \
+        && echo "$mi" | awk '$5 == "/sys/kernel/tracing" {split($6, o, ","); rw = o[1]} END {exit rw != "rw"}'
+    }
+    check "systemd: the service sees / read-only and tracefs writable (ProtectSystem=strict, ReadWritePaths=)" sandbox_ok
+    in_ct systemctl stop drainwatch.service || true
+    check "systemd: stops with Result=success" \
+      test "$(in_ct systemctl show -p Result --value drainwatch.service)" = success
+    check "systemd: its tracefs instance is gone" test ! -e "/sys/kernel/tracing/instances/drainwatch-$main"
+  fi
+  stop_pid "$nspawn_pid"   # SIGTERM: nspawn halts the container
+fi
 
 step "kubernetes manifests"
 check "kubernetes-validate --strict -k $K8S_VERSION deploy/kubernetes/*.yaml" \
