@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 for tool in dpkg-deb dpkg objcopy objdump ldd; do
-  command -v "$tool" >/dev/null || { echo "build-deb: $tool is required (dpkg-dev, binutils)" >&2; exit 1; }
+  command -v "$tool" >/dev/null || { echo "build-deb: $tool is required (dpkg, binutils, libc-bin)" >&2; exit 1; }
 done
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then

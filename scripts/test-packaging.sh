@@ -16,7 +16,7 @@
 #      they agree with the unit (capabilities) and with the scrape configuration (labels);
 #   6. purges the package: files, user and group are gone.
 # Prints one PASS/FAIL line per check and exits 1 if any failed. Usage: scripts/test-packaging.sh
-# Needs: dpkg-dev (dpkg-deb), binutils, util-linux (setpriv), systemd (systemd-analyze),
+# Needs: dpkg (dpkg-deb), binutils, util-linux (setpriv), systemd (systemd-analyze),
 # adduser, strace, iproute2 (ss), curl, systemd-container (systemd-nspawn), python3 with venv;
 # missing ones are installed.
 set -euo pipefail
@@ -68,7 +68,7 @@ step() { printf '\n=== %s (%ss)\n' "$1" "$(($(date +%s) - started))"; }
 
 step "tools"
 need=()
-for pair in dpkg-deb:dpkg-dev objcopy:binutils setpriv:util-linux systemd-analyze:systemd \
+for pair in dpkg-deb:dpkg objcopy:binutils setpriv:util-linux systemd-analyze:systemd \
             adduser:adduser strace:strace ss:iproute2 curl:curl deb-systemd-helper:init-system-helpers \
             systemd-nspawn:systemd-container; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
