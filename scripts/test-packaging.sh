@@ -50,11 +50,20 @@ stop_pid() { # SIGTERM, then SIGKILL after 10 s: never waits forever
   kill -KILL "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true
 }
+forget() { # drop stopped processes from the cleanup list (their PIDs may be reused)
+  local keep=() p q
+  for p in "${pids[@]}"; do
+    for q in "$@"; do [ "$p" != "$q" ] || continue 2; done
+    keep+=("$p")
+  done
+  pids=("${keep[@]}")
+}
 cleanup() {
-  local rc=$? p
+  local rc=$? i
   set +e
   trap '' INT TERM
-  for p in "${pids[@]}"; do stop_pid "$p"; done
+  # Newest first: a traced drainwatch before its strace (which would leave it running).
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop_pid "${pids[i]}"; done
   if [ "$installed" = 1 ]; then
     dpkg --purge drainwatch >/dev/null 2>&1 || echo "cleanup: dpkg --purge drainwatch failed" >&2
   fi
@@ -231,7 +240,12 @@ start_drainwatch() {
     sleep 0.1
   done
   # Under strace, the process to inspect is the traced child (setpriv execs drainwatch).
-  if [ "${3:-}" = strace ]; then dw_proc=$(pgrep -P "$dw_pid" | head -n1 || true); else dw_proc=$dw_pid; fi
+  if [ "${3:-}" = strace ]; then
+    dw_proc=$(pgrep -P "$dw_pid" | head -n1 || true)
+    [ -z "$dw_proc" ] || pids+=("$dw_proc")
+  else
+    dw_proc=$dw_pid
+  fi
 }
 stop_drainwatch() { # stop NAME: SIGTERM, expects exit 0 within 10 s
   local name=$1 rc=0
@@ -239,6 +253,7 @@ stop_drainwatch() { # stop NAME: SIGTERM, expects exit 0 within 10 s
   for _ in $(seq 100); do kill -0 "$dw_pid" 2>/dev/null || break; sleep 0.1; done
   kill -KILL "$dw_pid" 2>/dev/null && echo "  still running 10 s after SIGTERM: killed"
   wait "$dw_pid" || rc=$?
+  forget "$dw_pid" "$dw_proc"
   check "$name: stops on SIGTERM with exit 0" test "$rc" = 0
   check "$name: its tracefs instance is gone" test ! -e "/sys/kernel/tracing/instances/drainwatch-$dw_proc"
 }
@@ -440,6 +455,7 @@ else
     check "systemd: its tracefs instance is gone" test ! -e "/sys/kernel/tracing/instances/drainwatch-$main"
   fi
   stop_pid "$nspawn_pid"   # SIGTERM: nspawn halts the container
+  forget "$nspawn_pid"
 fi
 
 step "kubernetes manifests"
