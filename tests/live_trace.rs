@@ -554,3 +554,36 @@ fn a_burst_of_twenty_thousand_closes_a_second_for_five_seconds_loses_nothing() {
     assert_eq!(stats.events_overflows, 0, "destroy events lost");
     assert_eq!(stats.trace_lost, 0, "tracepoint records lost");
 }
+
+/// An instance whose drainwatch is alive in another PID namespace (its PID looks dead from
+/// here) keeps its events on: a new drainwatch only rmdirs stale instances, which the kernel
+/// refuses while a pipe is open. Once nothing holds it, the next start removes it.
+#[test]
+fn a_live_instance_from_another_pid_namespace_is_left_alone_and_a_dead_one_removed() {
+    use drainwatch::source::tracepoints::Tracepoints;
+    let tracefs = std::path::Path::new("/sys/kernel/tracing");
+    // Above the largest pid_max (2^22): no process here can have it.
+    let other = tracefs.join("instances/drainwatch-4000000000");
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::write(self.0.join("events/enable"), "0");
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _ = std::fs::remove_dir(&other);
+    std::fs::create_dir(&other).unwrap();
+    let _cleanup = Cleanup(other.clone());
+    let enable = other.join("events/tcp/tcp_send_reset/enable");
+    std::fs::write(&enable, "1").unwrap();
+    // What the other drainwatch's reader holds open.
+    let pipe = std::fs::File::open(other.join("per_cpu/cpu0/trace_pipe_raw")).unwrap();
+    let ours = Tracepoints::start(tracefs).unwrap();
+    assert!(other.is_dir(), "a live instance was removed");
+    assert_eq!(std::fs::read_to_string(&enable).unwrap().trim(), "1");
+    drop(ours);
+    drop(pipe);
+    let ours = Tracepoints::start(tracefs).unwrap();
+    assert!(!other.exists(), "a dead instance was left");
+    drop(ours);
+}

@@ -137,7 +137,21 @@ impl Tracepoints {
     /// Creates the instance under `tracefs`, enables the events and starts the reader thread.
     pub fn start(tracefs: &Path) -> Result<Self, TraceError> {
         let instances = tracefs.join("instances");
-        if !instances.is_dir() || !tracefs.join("events").is_dir() {
+        match fs::metadata(&instances) {
+            Ok(m) if m.is_dir() => {}
+            // Mounted but closed to us (tracefs is root's, mode 0700): say so, not "not mounted".
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(TraceError::Io {
+                    path: instances,
+                    source: std::io::Error::new(
+                        e.kind(),
+                        format!("{e} (tracefs needs root or CAP_DAC_OVERRIDE)"),
+                    ),
+                })
+            }
+            _ => return Err(TraceError::NotMounted(tracefs.to_path_buf())),
+        }
+        if !tracefs.join("events").is_dir() {
             return Err(TraceError::NotMounted(tracefs.to_path_buf()));
         }
         let header = read_text(&tracefs.join("events/header_page"))?;
@@ -389,7 +403,11 @@ fn remove_stale_instances(instances: &Path) {
             continue;
         };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            remove_instance(&entry.path());
+            // Only rmdir, never a write to its `enable`: a drainwatch in another PID namespace
+            // looks dead from here, and the kernel refuses to remove an instance whose pipes
+            // are open (EBUSY), so a live one is left alone. A dead one's enabled events go
+            // with its rmdir.
+            let _ = fs::remove_dir(entry.path());
         }
     }
 }
