@@ -200,6 +200,7 @@ impl Pipeline {
     pub fn published(&self) -> Published {
         let mut published = publish(&self.model, self.host.clone(), self.stats.clone());
         published.drain_thresholds = self.config.drain;
+        published.sample_interval_ms = self.config.interval.as_millis() as u64;
         if self.config.connections_api {
             published.connections = Some(Arc::new(connection_list(&self.model, &self.snapshot)));
         }
@@ -229,6 +230,7 @@ pub fn publish(model: &Model, host: Option<HostCounters>, stats: SelfStats) -> P
         stats,
         drains: model.drains.ports.clone(),
         drain_thresholds: Default::default(),
+        sample_interval_ms: 0,
         version: VERSION,
         revision: REVISION,
     }

@@ -86,6 +86,28 @@ async fn healthz_waits_for_the_first_sample() {
 }
 
 #[tokio::test]
+async fn healthz_fails_when_the_sampler_stopped_succeeding() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let at = |ago: f64| -> SharedState {
+        let mut p = Published {
+            sample_interval_ms: 1000,
+            ..Published::default()
+        };
+        p.stats.last_sample_unix_seconds = now - ago;
+        Arc::new(ArcSwap::from_pointee(p))
+    };
+    let (status, _, _) = get(at(2.0), "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    // Three intervals, at least 10 s: 12 s without a good sample is unhealthy.
+    let (status, _, body) = get(at(12.0), "/healthz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.starts_with("last successful sample 12s ago"), "{body}");
+}
+
+#[tokio::test]
 async fn index_lists_endpoints_and_watched_ports() {
     let (status, ctype, body) = get(state_after(ONE_PORT), "/", None).await;
     assert_eq!(status, StatusCode::OK);

@@ -1,7 +1,8 @@
 //! The HTTP surface. Endpoints:
 //! - `GET /metrics`: the last published sample, as OpenMetrics text when the client accepts it
 //!   (Prometheus does), otherwise Prometheus text format 0.0.4.
-//! - `GET /healthz`: 200 `ok` once a sample has been published, 503 before.
+//! - `GET /healthz`: 200 `ok` once a sample has been published, 503 before, and 503 again when
+//!   the last successful sample is older than three intervals (at least 10 s).
 //! - `GET /`: a small page listing the endpoints and the watched ports.
 //! - `GET /api/v1/connections[?port=P]`: open connections with their class and the evidence
 //!   behind it, as JSON. It shows peer addresses, so it answers 404 unless the exporter was
@@ -180,16 +181,43 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
     }
 }
 
+/// How long after the last successful sample the exporter still counts as healthy: three
+/// intervals, and at least 10 s.
+fn stale_after(interval_ms: u64) -> f64 {
+    (3 * interval_ms).max(10_000) as f64 / 1000.0
+}
+
 async fn healthz(State(state): State<AppState>) -> Response {
-    if state
-        .scopes
-        .iter()
-        .all(|s| s.shared.load().stats.last_sample_unix_seconds > 0.0)
-    {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no sample yet\n").into_response()
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    for scope in state.scopes.iter() {
+        let p = scope.shared.load();
+        let last = p.stats.last_sample_unix_seconds;
+        let ns = scope
+            .netns
+            .as_ref()
+            .map(|n| format!(" (netns {n})"))
+            .unwrap_or_default();
+        if last <= 0.0 {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no sample yet{ns}\n"),
+            )
+                .into_response();
+        }
+        // A sampler that stopped succeeding (a stuck or failing dump) makes the exporter
+        // unhealthy, so that a liveness probe restarts it.
+        if p.sample_interval_ms > 0 && now - last > stale_after(p.sample_interval_ms) {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("last successful sample {:.0}s ago{ns}\n", now - last),
+            )
+                .into_response();
+        }
     }
+    (StatusCode::OK, "ok\n").into_response()
 }
 
 async fn index(State(state): State<AppState>) -> Html<String> {

@@ -115,6 +115,8 @@ pub struct Published {
     /// Drain history of every watched port, and the thresholds the metrics use.
     pub drains: BTreeMap<u16, PortDrain>,
     pub drain_thresholds: DrainThresholds,
+    /// `--sample.interval` (0: unknown), for the health check's staleness.
+    pub sample_interval_ms: u64,
     pub version: &'static str,
     pub revision: &'static str,
 }
