@@ -44,6 +44,9 @@ step "unit, fixture, golden, HTTP, CLI and live-kernel tests"
 cargo build --locked --bins
 cargo test --locked --no-fail-fast
 
+step "packaging (Debian package, systemd unit under systemd-nspawn, capabilities, Kubernetes manifests)"
+scripts/test-packaging.sh
+
 step "alert rules"
 if compgen -G "alerts/*.yml" >/dev/null; then
   promtool check rules alerts/*.yml
