@@ -11,10 +11,17 @@ use drainwatch::source::privileges;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The one-shot tools write their progress lines to stderr for pipelines to parse: only
+    // warnings and errors join them unless DRAINWATCH_LOG asks for more.
+    let default_level = if cli.command.is_some() {
+        "warn"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DRAINWATCH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
