@@ -549,7 +549,7 @@ fn key_at(text: &str, line: usize, message: &str) -> String {
     for marker in ["unknown field `", "missing field `"] {
         if let Some(rest) = message.split(marker).nth(1) {
             if let Some(key) = rest.split('`').next() {
-                return key.to_string();
+                return if key.is_empty() { "(empty key)" } else { key }.to_string();
             }
         }
     }
@@ -559,12 +559,17 @@ fn key_at(text: &str, line: usize, message: &str) -> String {
         .unwrap_or("")
         .trim();
     if let Some((key, _)) = text_line.split_once('=') {
-        return key.trim().to_string();
+        if !key.trim().is_empty() {
+            return key.trim().to_string();
+        }
     }
-    text_line
-        .trim_matches(|c| c == '[' || c == ']')
-        .trim()
-        .to_string()
+    let table = text_line.trim_matches(|c| c == '[' || c == ']').trim();
+    // An empty name (`[]`, `= 1`) or a blank line: the line itself says most.
+    match (table.is_empty(), text_line.is_empty()) {
+        (false, _) => table.to_string(),
+        (true, false) => text_line.to_string(),
+        (true, true) => "(blank line)".to_string(),
+    }
 }
 
 fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
@@ -594,16 +599,21 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         path: path.display().to_string(),
         message: e.to_string(),
     })?;
-    let file = parse_file(path, &text)?;
+    file_from_text(path, &text)
+}
+
+/// Parses and checks a configuration file's text; `path` only names it in errors.
+fn file_from_text(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    let file = parse_file(path, text)?;
     let mut seen = BTreeSet::new();
     for rule in &file.classes {
         if let Err(message) = parse_class_name(&rule.class) {
-            return Err(file_error(path, &text, "class", &rule.class, message));
+            return Err(file_error(path, text, "class", &rule.class, message));
         }
         if !seen.insert((rule.port, rule.peer.map(|n| (n.addr, n.prefix)))) {
             return Err(file_error(
                 path,
-                &text,
+                text,
                 "port",
                 &rule.port.to_string(),
                 format!(
@@ -643,12 +653,22 @@ impl Config {
         })
     }
 
+    /// Validates a configuration file's text as `check-config` would the file; `path` only
+    /// names it in errors. Pure: reads nothing.
+    pub fn from_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        Config::merge(&RunArgs::default(), file_from_text(path, text)?)
+    }
+
     /// Merges flags over the file (if any) over the defaults, and validates the result.
     pub fn from_cli(args: &RunArgs) -> Result<Config, ConfigError> {
         let file = match &args.config_file {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        Config::merge(args, file)
+    }
+
+    fn merge(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> {
         let mut config = Config::default();
         if let Some(a) = args.listen_address.or(file.web.listen_address) {
             config.listen_address = a;

@@ -9,6 +9,8 @@
 pub mod app;
 pub mod config;
 pub mod exposition;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod model;
 pub mod source;
 pub mod tools;

@@ -136,6 +136,7 @@ impl WebConfig {
                     .split("unknown field `")
                     .nth(1)
                     .and_then(|r| r.split('`').next())
+                    .map(|k| if k.is_empty() { "(empty key)" } else { k })
                     .unwrap_or("yaml")
                     .to_string();
                 let line = e

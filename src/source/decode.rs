@@ -119,9 +119,14 @@ pub fn decode_datagram(buf: &[u8], out: &mut Vec<SocketRecord>) -> Result<Progre
             }
             NLMSG_DONE => {
                 // The dump's final status; negative is an errno (e.g. -EINTR).
-                if payload.len() >= 4 && i32_ne(payload, 0) < 0 {
+                let status = if payload.len() >= 4 {
+                    i32_ne(payload, 0)
+                } else {
+                    0
+                };
+                if status < 0 {
                     return Err(DecodeError::Kernel {
-                        errno: -i32_ne(payload, 0),
+                        errno: status.checked_neg().unwrap_or(i32::MAX),
                     });
                 }
                 return Ok(Progress::Done);

@@ -174,21 +174,25 @@ fn read_loop(socket: Socket, queue: &Mutex<Queue>, ports: &ArcSwap<Vec<u16>>, st
             }
         }
         drained.received = batch.len() as u64;
-        let watched = ports.load();
+        keep_watched(&mut batch, &ports.load());
         let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
         for record in batch.drain(..) {
-            if record.local_port == 0 || watched.binary_search(&record.local_port).is_ok() {
-                if queue.records.len() < MAX_QUEUED {
-                    queue.records.push(record);
-                } else {
-                    drained.overflowed = true;
-                }
+            if queue.records.len() < MAX_QUEUED {
+                queue.records.push(record);
+            } else {
+                drained.overflowed = true;
             }
         }
         queue.drained.overflowed |= drained.overflowed;
         queue.drained.undecodable += drained.undecodable;
         queue.drained.received += drained.received;
     }
+}
+
+/// Keeps the destroyed sockets of `watched` ports (ascending), and those whose tuple the kernel
+/// zeroed (an aborted socket: the tracker joins it on its cookie).
+pub fn keep_watched(records: &mut Vec<SocketRecord>, watched: &[u16]) {
+    records.retain(|r| r.local_port == 0 || watched.binary_search(&r.local_port).is_ok());
 }
 
 #[allow(unsafe_code)] // SO_RCVBUFFORCE, which netlink-sys does not wrap

@@ -355,10 +355,16 @@ struct ErrorReport {
 }
 
 /// Reset reason label for the kernel's `sk_rst_reason` name: `TCP_ABORT_ON_CLOSE` ->
-/// `abort-on-close`, `NO_SOCKET` -> `no-socket`.
+/// `abort-on-close`, `NO_SOCKET` -> `no-socket`. Whatever a format file holds, the label is
+/// made of `a-z`, `0-9` and `-` only.
 pub fn reason_label(kernel_name: &str) -> String {
     let name = kernel_name.strip_prefix("TCP_").unwrap_or(kernel_name);
-    name.to_ascii_lowercase().replace('_', "-")
+    name.chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9') => c,
+            _ => '-',
+        })
+        .collect()
 }
 
 /// A record shorter than its format says (or with an address family the decoder does not know).
@@ -564,7 +570,7 @@ impl Decoder {
                 }
                 30 => {
                     let Some(ext) = word(off) else { break };
-                    ts += (u64::from(ext) << 27) | delta;
+                    ts = ts.wrapping_add((u64::from(ext) << 27) | delta);
                     off += 4;
                     continue;
                 }
@@ -586,7 +592,8 @@ impl Decoder {
                 }
                 n => (off, n as usize * 4),
             };
-            ts += delta;
+            // Stamps are the kernel's, not ours: a page may wrap them.
+            ts = ts.wrapping_add(delta);
             let Some(data) = page.get(data_at..data_at + len) else {
                 info.undecodable += 1;
                 break;
