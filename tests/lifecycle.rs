@@ -486,3 +486,18 @@ fn a_socket_the_kernel_closed_but_the_application_holds_counts_once() {
     // Counted as a missing event when the socket left the dump (a counter never goes back).
     assert_eq!(model.tracker.missed_events(), 1);
 }
+
+#[test]
+fn a_scenario_whose_clock_goes_back_is_refused() {
+    // The model's clock is monotonic (the sampler's is): a script cannot break that contract.
+    let e = parse_scenario(
+        r#"
+        [[sample]]
+        at = "2s"
+        [[sample]]
+        at = "1s"
+        "#,
+    )
+    .unwrap_err();
+    assert_eq!(e, "sample 2: at = \"1s\" is before the previous sample");
+}

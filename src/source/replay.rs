@@ -186,6 +186,17 @@ pub fn parse_scenario(text: &str) -> Result<Vec<Snapshot>, String> {
     for (i, sample) in scenario.sample.into_iter().enumerate() {
         let at: Duration = humantime::parse_duration(&sample.at)
             .map_err(|e| format!("sample {}: at = {:?}: {e}", i + 1, sample.at))?;
+        // The model's clock is monotonic, as the sampler's is.
+        if let Some(previous) = out.last() {
+            let previous: &Snapshot = previous;
+            if (at.as_millis() as u64) < previous.taken_at.monotonic_ms {
+                return Err(format!(
+                    "sample {}: at = {:?} is before the previous sample",
+                    i + 1,
+                    sample.at
+                ));
+            }
+        }
         let mut watched = sample.watched.unwrap_or_else(|| scenario.watched.clone());
         watched.sort_unstable();
         watched.dedup();
