@@ -299,8 +299,9 @@ struct FileConfig {
     watch: FileWatch,
     #[serde(default)]
     path: FilePath,
+    /// Spanned: a rule that repeats another's port and peers is reported at its own line.
     #[serde(default, rename = "class")]
-    classes: Vec<FileClassRule>,
+    classes: Vec<toml::Spanned<FileClassRule>>,
     #[serde(default)]
     classify: FileClassify,
     #[serde(default)]
@@ -377,6 +378,7 @@ struct FileClassRule {
     port: u16,
     #[serde(default, deserialize_with = "de_network")]
     peer: Option<Network>,
+    #[serde(deserialize_with = "de_class_name")]
     class: String,
 }
 
@@ -504,6 +506,11 @@ fn de_threshold<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duratio
         .map_err(serde::de::Error::custom)
 }
 
+fn de_class_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_class_name(&s).map_err(serde::de::Error::custom)
+}
+
 fn de_network<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Network>, D::Error> {
     let s = String::deserialize(d)?;
     Network::parse(&s)
@@ -606,42 +613,22 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 fn file_from_text(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
     let file = parse_file(path, text)?;
     let mut seen = BTreeSet::new();
-    for rule in &file.classes {
-        if let Err(message) = parse_class_name(&rule.class) {
-            return Err(file_error(path, text, "class", &rule.class, message));
-        }
+    for spanned in &file.classes {
+        let rule = spanned.get_ref();
         if !seen.insert((rule.port, rule.peer.map(|n| (n.addr, n.prefix)))) {
-            return Err(file_error(
-                path,
-                text,
-                "port",
-                &rule.port.to_string(),
-                format!(
+            let line = line_of(text, spanned.span().start);
+            return Err(ConfigError::File {
+                path: path.display().to_string(),
+                line,
+                key: "port".to_string(),
+                message: format!(
                     "port {} has more than one class rule for the same peers",
                     rule.port
                 ),
-            ));
+            });
         }
     }
     Ok(file)
-}
-
-/// An error found after parsing: locate the first line that sets `key` to `value`.
-fn file_error(path: &Path, text: &str, key: &str, value: &str, message: String) -> ConfigError {
-    let line = text
-        .lines()
-        .position(|l| {
-            l.split_once('=')
-                .is_some_and(|(k, v)| k.trim() == key && v.trim().trim_matches('"') == value)
-        })
-        .map(|i| i + 1)
-        .unwrap_or(0);
-    ConfigError::File {
-        path: path.display().to_string(),
-        line,
-        key: key.to_string(),
-        message,
-    }
 }
 
 impl Config {
@@ -711,7 +698,7 @@ impl Config {
                 crate::source::request::MAX_FILTER_PORTS
             )));
         }
-        for rule in file.classes {
+        for rule in file.classes.into_iter().map(toml::Spanned::into_inner) {
             config.class_rules.push(Rule {
                 port: rule.port,
                 peer: rule.peer,

@@ -80,6 +80,19 @@ fn config_file_errors_name_file_line_and_key() {
             ":3: key `class`",
             "a-z",
         ),
+        (
+            // Found by fuzzing: a comment after the value once made the line 0.
+            "class-comment.toml",
+            "[[class]]\nport = 80\nclass = \"pr.o;\"# probes\n",
+            ":3: key `class`",
+            "a-z",
+        ),
+        (
+            "class-twice.toml",
+            "[[class]]\nport = 80\nclass = \"web\"\n\n[[class]]\nport = 80\nclass = \"ws\"\n",
+            ":5: key `port`",
+            "more than one class rule",
+        ),
     ];
     for (name, text, location, detail) in cases {
         let path = config_file(name, text);

@@ -105,6 +105,16 @@ fn line_of(text: &str, key: &str, after: Option<&str>) -> usize {
         .unwrap_or(1)
 }
 
+/// The 1-based line (as `text.lines()` counts them) of byte `index`.
+fn line_at(text: &str, index: usize) -> usize {
+    let end = index.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
 impl WebConfig {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<WebConfig, WebConfigError> {
@@ -139,10 +149,16 @@ impl WebConfig {
                     .map(|k| if k.is_empty() { "(empty key)" } else { k })
                     .unwrap_or("yaml")
                     .to_string();
+                // YAML also breaks lines at a lone CR, U+0085, U+2028 and U+2029, which
+                // editors and `wc -l` do not: the line is counted from the error's byte offset.
                 let line = e
                     .location()
-                    .map(|l| l.line())
+                    .map(|l| line_at(text, l.index()))
                     .unwrap_or_else(|| line_of(text, &key, None));
+                let message = match message.rsplit_once(" at line ") {
+                    Some((m, _)) => m.to_string(),
+                    None => message,
+                };
                 err(line, &key, message)
             })?
         };
@@ -366,6 +382,11 @@ mod tests {
         assert_eq!(e.key, "cipher_suites", "{e}");
         let e = parse("web_listen: x\n").unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (1, "web_listen"));
+        // YAML breaks lines at U+2028 and a lone CR too; the error counts lines as editors do
+        // and does not repeat YAML's own count in the message.
+        let e = parse("# a\u{2028}# b\r# c\nweb_listen: x\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (2, "web_listen"), "{e}");
+        assert!(!e.message.contains("at line"), "{e}");
         let e = parse("tls_server_config:\n  key_file: b\n").unwrap_err();
         assert_eq!(e.key, "tls_server_config.cert_file", "{e}");
         let e = parse("tls_server_config:\n  cert_file: nosuch.crt\n  key_file: nosuch.key\n")
