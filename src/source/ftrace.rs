@@ -54,7 +54,7 @@ pub struct Field {
 
 impl Field {
     fn bytes<'a>(&self, data: &'a [u8]) -> Option<&'a [u8]> {
-        data.get(self.offset..self.offset + self.size)
+        data.get(self.offset..self.offset.checked_add(self.size)?)
     }
     fn uint(&self, data: &[u8]) -> Option<u64> {
         let b = self.bytes(data)?;
@@ -158,6 +158,9 @@ impl EventFormat {
     }
 }
 
+/// The largest field offset or size a format may give (a ring-buffer page is at most 64 KiB).
+const MAX_FIELD_END: usize = 1 << 16;
+
 /// `field:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;` -> ("skaddr", 16, 8).
 fn parse_field_line(line: &str) -> Option<(String, Field)> {
     let mut decl = None;
@@ -173,16 +176,15 @@ fn parse_field_line(line: &str) -> Option<(String, Field)> {
             size = v.trim().parse().ok();
         }
     }
+    let (offset, size): (usize, usize) = (offset?, size?);
+    // A record lives in one ring-buffer page: a field past 64 KiB is not a kernel's format.
+    if offset > MAX_FIELD_END || size > MAX_FIELD_END {
+        return None;
+    }
     let decl = decl?;
     let last = decl.rsplit([' ', '*']).next()?;
     let name = last.split('[').next()?.to_string();
-    Some((
-        name,
-        Field {
-            offset: offset?,
-            size: size?,
-        },
-    ))
+    Some((name, Field { offset, size }))
 }
 
 /// Where a page's commit word and data start (`events/header_page`).
