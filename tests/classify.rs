@@ -440,3 +440,47 @@ fn without_heuristics_only_rules_classify_and_everything_counts_at_first_sight()
     assert_eq!(class_of(&model, 8081, "websocket").states[ESTABLISHED], 1);
     assert_eq!(model.aggregates.ports[&80].upgraded_total, 0);
 }
+
+#[test]
+fn a_connection_dumped_before_its_request_and_gone_a_sample_later_is_http() {
+    // Found by the e2e netns comparison: two drainwatches sampling the same backend at other
+    // moments. One dumped this connection in the microseconds before its request arrived and
+    // processed its destroy event 1.03 s later (past the probe lifetime); the final tcp_info
+    // shows the request and response. It is `http` for both, not `unclassified` for one.
+    let (model, _) = replay(
+        r#"
+        watched = [80]
+        events = true
+        [[sample]]
+        at = "0s"
+        listeners = [{ port = 80 }]
+        [[sample]]
+        at = "1s"
+        listeners = [{ port = 80 }]
+        sockets = [
+          { cookie = 1, state = "established", port = 80, peer = "10.250.1.1:40001" },
+          { cookie = 2, state = "established", port = 80, peer = "10.250.1.1:40002" },
+        ]
+        [[sample]]
+        at = "2030ms"
+        listeners = [{ port = 80 }]
+        destroyed = [
+          { cookie = 1, port = 80, peer = "10.250.1.1:40001", segs_in = 1, segs_out = 1, bytes_received = 80, bytes_acked = 200 },
+          { cookie = 2, port = 80, peer = "10.250.1.1:40002" },
+        ]
+        "#,
+        heuristics(),
+    );
+    let http = class_of(&model, 80, "http");
+    assert_eq!(
+        (http.opened_total, http.closed_total),
+        (1, 1),
+        "cookie 1 carried a request"
+    );
+    let unclassified = class_of(&model, 80, "unclassified");
+    assert_eq!(
+        (unclassified.opened_total, unclassified.closed_total),
+        (1, 1),
+        "cookie 2 carried nothing and lived past the probe lifetime"
+    );
+}

@@ -463,7 +463,19 @@ impl Classifier {
         }
         let quick =
             short || lifetime_ms.is_some_and(|ms| ms <= self.thresholds.probe_max_lifetime_ms);
-        if !quick || (class != UNCLASSIFIED && class != HTTP) {
+        if !quick {
+            // Not a probe; the final tcp_info may still show the payload no sample caught (a
+            // connection dumped before its request and gone by the next sample, a little over
+            // the probe lifetime later): its first payload makes it `http`, as while open.
+            let carried = final_info.is_some_and(|info| payload_counters(info) != (0, 0));
+            if class == UNCLASSIFIED && carried {
+                ev.flags |= PAYLOAD;
+                ev.reason = Reason::Payload;
+                return HTTP;
+            }
+            return class;
+        }
+        if class != UNCLASSIFIED && class != HTTP {
             return class;
         }
         let silent = match final_info {
