@@ -259,3 +259,38 @@ fn a_listener_back_after_a_restart_forgets_the_drain_mark() {
         "a new process serves the port"
     );
 }
+
+#[test]
+fn the_quiet_window_holds_the_same_samples_whatever_their_millisecond_jitter() {
+    use drainwatch::model::drain::{DrainSample, PortDrain};
+    // Found by the e2e comparison of `GET /drain` with `drainwatch wait`: with 1 s samples and a
+    // 3 s quiet window, a sample 2,998 ms old was in the window and one 3,001 ms old was not,
+    // so one sampler left `serving` a whole sample after the other.
+    let t = DrainThresholds {
+        quiet_ms: 3_000,
+        ..DrainThresholds::default()
+    };
+    for early in [0u64, 2, 400] {
+        let mut drain = PortDrain::default();
+        // Openings in the first two samples, then none.
+        for (i, new) in [(0u64, 5u64), (1, 2), (2, 0), (3, 0), (4, 0), (5, 0)] {
+            // Sample 4 comes a little early (a slow sample before it, a busy CPU).
+            let at_ms = 10_000 + i * 1_000 - if i == 4 { early } else { 0 };
+            drain.push(DrainSample {
+                at_ms,
+                listening: true,
+                new,
+                active: 10,
+                websocket: 0,
+                oldest_ms: 0,
+            });
+            let v = drain.verdict(HTTP_PORT, &t);
+            let expected = match i {
+                0..=2 => "serving",
+                3 => "serving", // the opening of sample 1 arrived within the last 3 s
+                _ => "draining",
+            };
+            assert_eq!(v.phase, expected, "sample {i}, {early} ms early: {v:?}");
+        }
+    }
+}

@@ -176,12 +176,19 @@ impl PortDrain {
         };
         let now = last.at_ms;
         let first = self.history.front().map_or(now, |s| s.at_ms);
-        let new_in_quiet: u64 = self
-            .history
-            .iter()
-            .filter(|s| now.saturating_sub(s.at_ms) < t.quiet_ms)
-            .map(|s| s.new)
-            .sum();
+        // A sample's openings arrived between the previous sample and it: it is in the window
+        // when the middle of that span is. Sample times jitter by milliseconds, so a boundary
+        // drawn at the sample times themselves took one sample more or fewer from run to run
+        // (two samplers of the same port then disagreed for a whole sample).
+        let mut prev_at = None;
+        let mut new_in_quiet: u64 = 0;
+        for s in &self.history {
+            let mid = prev_at.map_or(s.at_ms, |p: u64| p + s.at_ms.saturating_sub(p) / 2);
+            if now.saturating_sub(mid) < t.quiet_ms {
+                new_in_quiet += s.new;
+            }
+            prev_at = Some(s.at_ms);
+        }
         // The first sample's openings are connections found open at start: not arrivals.
         let observed_quiet = now.saturating_sub(first) >= t.quiet_ms;
         let quiet = new_in_quiet == 0 && observed_quiet;
