@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -367,6 +368,17 @@ fn a_single_netns_by_pid_has_no_label() {
         .args([&format!("--net={}", a.path()), "sleep", "30"])
         .spawn()
         .unwrap();
+    // nsenter enters the namespace after the spawn returns: until then the pid is in ours.
+    let want = std::fs::metadata(a.path()).unwrap().ino();
+    let proc_ns = format!("/proc/{}/ns/net", sleeper.id());
+    let entered = (0..200).any(|_| {
+        let ino = std::fs::metadata(&proc_ns).map(|m| m.ino()).ok();
+        if ino != Some(want) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        ino == Some(want)
+    });
+    assert!(entered, "nsenter did not enter {} within 2 s", a.path());
     let pid = format!("pid:{}", sleeper.id());
     let e = Exporter::start(&[], &["--netns", &pid], free_port(), None);
     // series() asserts that no series carries a netns label.
