@@ -463,48 +463,38 @@ impl Classifier {
         }
         let quick =
             short || lifetime_ms.is_some_and(|ms| ms <= self.thresholds.probe_max_lifetime_ms);
-        if !quick {
-            // Not a probe; the final tcp_info may still show the payload no sample caught (a
-            // connection dumped before its request and gone by the next sample, a little over
-            // the probe lifetime later): its first payload makes it `http`, as while open.
-            let carried = final_info.is_some_and(|info| payload_counters(info) != (0, 0));
-            if class == UNCLASSIFIED && carried {
-                ev.flags |= PAYLOAD;
-                ev.reason = Reason::Payload;
-                return HTTP;
-            }
-            return class;
-        }
-        if class != UNCLASSIFIED && class != HTTP {
-            return class;
-        }
-        let silent = match final_info {
-            Some(info) => {
-                let max = self.thresholds.probe_max_bytes;
-                if max == 0 {
-                    payload_counters(info) == (0, 0)
-                } else {
-                    info.bytes_received().unwrap_or(0) <= max + 1
-                        && info.bytes_acked().unwrap_or(0) <= max + 1
+        if quick && (class == UNCLASSIFIED || class == HTTP) {
+            let silent = match final_info {
+                Some(info) => {
+                    let max = self.thresholds.probe_max_bytes;
+                    if max == 0 {
+                        payload_counters(info) == (0, 0)
+                    } else {
+                        info.bytes_received().unwrap_or(0) <= max + 1
+                            && info.bytes_acked().unwrap_or(0) <= max + 1
+                    }
                 }
+                None if short => {
+                    // Seen only at close, in TIME_WAIT: nothing is known of its payload.
+                    ev.reason = Reason::SeenOnlyAtClose;
+                    return class;
+                }
+                None => !ev.payload_seen(),
+            };
+            if silent {
+                ev.reason = Reason::ShortWithoutPayload;
+                return PROBE;
             }
-            None if short => {
-                // Seen only at close, in TIME_WAIT: nothing is known of its payload.
-                ev.reason = Reason::SeenOnlyAtClose;
-                return class;
-            }
-            None => !ev.payload_seen(),
-        };
-        if silent {
-            ev.reason = Reason::ShortWithoutPayload;
-            PROBE
-        } else {
-            if class == UNCLASSIFIED {
-                ev.flags |= PAYLOAD;
-                ev.reason = Reason::Payload;
-                return HTTP;
-            }
-            class
         }
+        // Not a probe. The final tcp_info may show the payload no sample caught (a connection
+        // dumped before its request and gone by the next sample): its first payload makes it
+        // `http`, as while open.
+        if class == UNCLASSIFIED && final_info.is_some_and(|info| payload_counters(info) != (0, 0))
+        {
+            ev.flags |= PAYLOAD;
+            ev.reason = Reason::Payload;
+            return HTTP;
+        }
+        class
     }
 }
