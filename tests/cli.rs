@@ -363,14 +363,6 @@ fn instance_of(pid: u32) -> std::path::PathBuf {
     std::path::PathBuf::from(format!("/sys/kernel/tracing/instances/drainwatch-{pid}"))
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < Duration::from_secs(5), "{what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn as_root_tracepoints_run_in_an_instance_of_their_own_removed_at_exit() {
     let spawn = |port: u16| {
@@ -385,7 +377,7 @@ fn as_root_tracepoints_run_in_an_instance_of_their_own_removed_at_exit() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        wait_for("no sample", || {
+        common::wait_for("no sample", Duration::from_secs(5), || {
             http_get(port, "/metrics").is_some_and(|b| b.contains("drainwatch_listening{"))
         });
         Server(child)
@@ -405,9 +397,11 @@ fn as_root_tracepoints_run_in_an_instance_of_their_own_removed_at_exit() {
         .args(["-TERM", &pid.to_string()])
         .status()
         .unwrap();
-    wait_for("instance left behind after SIGTERM", || {
-        !instance_of(pid).exists()
-    });
+    common::wait_for(
+        "instance left behind after SIGTERM",
+        Duration::from_secs(5),
+        || !instance_of(pid).exists(),
+    );
     drop(server);
 
     // Killed with SIGKILL: the instance stays until the next drainwatch starts.

@@ -3,6 +3,8 @@
 //! inside that namespace reports. Runs as root: the namespaces (dwn-<pid>-*) are made by the test
 //! and deleted when it ends, also on failure; traffic stays on their loopback interfaces.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -11,6 +13,8 @@ use std::os::unix::fs::MetadataExt;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use common::wait_for;
 
 const BIN: &str = env!("CARGO_BIN_EXE_drainwatch");
 /// The watched port: the same in both namespaces, so only the namespace tells them apart.
@@ -371,14 +375,11 @@ fn a_single_netns_by_pid_has_no_label() {
     // nsenter enters the namespace after the spawn returns: until then the pid is in ours.
     let want = std::fs::metadata(a.path()).unwrap().ino();
     let proc_ns = format!("/proc/{}/ns/net", sleeper.id());
-    let entered = (0..200).any(|_| {
-        let ino = std::fs::metadata(&proc_ns).map(|m| m.ino()).ok();
-        if ino != Some(want) {
-            thread::sleep(Duration::from_millis(10));
-        }
-        ino == Some(want)
-    });
-    assert!(entered, "nsenter did not enter {} within 2 s", a.path());
+    wait_for(
+        &format!("nsenter did not enter {} within 2 s", a.path()),
+        Duration::from_secs(2),
+        || std::fs::metadata(&proc_ns).is_ok_and(|m| m.ino() == want),
+    );
     let pid = format!("pid:{}", sleeper.id());
     let e = Exporter::start(&[], &["--netns", &pid], free_port(), None);
     // series() asserts that no series carries a netns label.

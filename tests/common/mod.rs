@@ -84,3 +84,12 @@ pub fn promtool_check_metrics(text: &str) {
         "promtool check metrics:\n{report}"
     );
 }
+
+/// Polls `done` every 50 ms until it holds; fails the test with `what` after `limit`.
+pub fn wait_for(what: &str, limit: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
