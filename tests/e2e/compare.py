@@ -675,15 +675,22 @@ class Evaluator:
         """Stack sanity: RSTs on the wire in a phase that should have none.
 
         RSTs of flows under an injected fault are left out: a flow whose socket
-        died during a drop keeps drawing RSTs for the LB's retransmissions.
+        died during a drop keeps drawing RSTs for the LB's retransmissions. So are RSTs within
+        50 ms after such a flow's FIN from the LB: a request retransmitted long after the drop,
+        with the LB's FIN on it, makes nginx abort the proxied request (499) and close its
+        upstream connection to the app with the response unread, an RST on the app's port.
         """
         rows = []
         faulted = {(port, ip, peer_port) for f in self.faults for port, ip, peer_port in f.get("flows", ())}
+        faulted_fins = [c.fin_in for truth in self.capture.ports.values() for c in truth.conns
+                        if (truth.port, *c.peer) in faulted and c.fin_in is not None]
         for port in check["ports"]:
             resets = [f"{'in' if inbound else 'out'} {peer[1]} at {t - phase.start:+.2f}s"
                       for t, inbound, peer in self.capture.ports[port].resets
-                      if phase.start <= t < phase.end and (port, *peer) not in faulted]
-            rows.append(Row("capture_rst", phase.name, f":{port} RSTs on the wire, faulted flows aside (stack sanity)",
+                      if phase.start <= t < phase.end and (port, *peer) not in faulted
+                      and not any(0 <= t - fin <= 0.05 for fin in faulted_fins)]
+            rows.append(Row("capture_rst", phase.name,
+                            f":{port} RSTs on the wire, faulted flows and their consequences aside (stack sanity)",
                             f"<= {check['max']}", f"{len(resets)}" + (f" ({'; '.join(resets[:3])})" if resets else ""),
                             str(max(0, len(resets) - check["max"])), str(check["max"]),
                             len(resets) <= check["max"], check["why"]))
